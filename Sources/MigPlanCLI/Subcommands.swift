@@ -1,0 +1,12 @@
+import ArgumentParser
+
+/// Every subcommand, in the order `--help` lists them. Each lives in its own file.
+enum MigPlanSubcommands {
+    static let all: [ParsableCommand.Type] = [
+        ValidateCommand.self,
+        PlanCommand.self,
+        CheckCommand.self,
+        LabCommand.self,
+        VersionCommand.self,
+    ]
+}

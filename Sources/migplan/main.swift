@@ -1,0 +1,3 @@
+import MigPlanCLI
+
+await MigPlanMain.run()

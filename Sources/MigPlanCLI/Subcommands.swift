@@ -7,6 +7,9 @@ enum MigPlanSubcommands {
         PlanCommand.self,
         CheckCommand.self,
         LabCommand.self,
+        JournalCommand.self,
+        RunsCommand.self,
+        ShowCommand.self,
         VersionCommand.self,
     ]
 }

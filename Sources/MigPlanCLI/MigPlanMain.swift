@@ -42,19 +42,14 @@ public struct MigPlanCommand: AsyncParsableCommand {
         commandName: "migplan",
         abstract: "Secure live migration of containers, driven by declarative plans.",
         discussion: """
-        A plan (YAML, see docs/plan-format.md) names the hosts, the SSH keys and algorithms, the
-        containers and how each moves. migplan connects to every host over SSH (public-key only,
-        host keys verified), checkpoints stateful containers with CRIU, moves the checkpoint over
-        the encrypted channel, restores it on the destination, and records every action in
-        PostgreSQL over SSL.
+        A plan (YAML, see docs/plan-format.md) names the hosts, the SSH keys and algorithms, the containers and how each moves. migplan connects to every host over SSH (public-key only, host keys verified), checkpoints stateful containers with CRIU, moves the checkpoint over the encrypted channel, restores it on the destination, and records every action in PostgreSQL over SSL.
 
         Typical use:
-          migplan validate plans/*.yaml        check plans (no connection)
-          migplan plan plans/face-multiuser.yaml   show the step graph (no connection)
-          migplan apply plans/face-multiuser.yaml  move the containers
+          migplan validate plans/*.yaml               check plans, no connection
+          migplan plan plans/face-multiuser.yaml      show the step graph, no connection
+          migplan check plans/face-multiuser.yaml     connect to every host and report
 
-        Exit statuses: 0 success, 1 failure (invalid plan, failed run), 2 usage error,
-        3 changes applied (apply --detailed-exitcode only).
+        Exit statuses: 0 success, 1 failure (invalid plan, failed check or run), 2 usage error, 3 changes applied (apply --detailed-exitcode only). See docs/exit-codes.md.
         """,
         version: MigPlanVersionString.short,
         subcommands: MigPlanSubcommands.all

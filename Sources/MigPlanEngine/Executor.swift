@@ -1,0 +1,359 @@
+import Foundation
+import MigPlanBasics
+import MigPlanGraph
+
+/// Runs any step graph: dependencies first, independent steps concurrently (never more than
+/// `parallelism` at once), each step probe → act → verify with retries for retryable errors,
+/// failed steps skipping their dependents, and armed rollback groups run when the forward path
+/// cannot complete. Knows nothing of SSH or PostgreSQL: the runner and the observer do.
+public struct Executor: Sendable {
+    public let runner: any StepRunner
+    public let observer: any ExecutionObserver
+    public let clock: any ExecutorClock
+    public let jitter: any JitterSource
+
+    public init(runner: any StepRunner, observer: any ExecutionObserver = NullExecutionObserver(),
+                clock: any ExecutorClock = SystemExecutorClock(), jitter: any JitterSource = SystemJitterSource()) {
+        self.runner = runner
+        self.observer = observer
+        self.clock = clock
+        self.jitter = jitter
+    }
+
+    /// Runs `graph` to the end (or to a safe point after `stop` is requested or the calling task
+    /// is cancelled: steps in flight finish, armed rollbacks run, nothing new starts).
+    public func run(_ graph: StepGraph, options: ExecutionOptions = ExecutionOptions(),
+                    stop: StopSignal = StopSignal()) async -> ExecutionReport {
+        await withTaskCancellationHandler {
+            await schedule(graph, options: options, stop: stop)
+        } onCancel: {
+            stop.request()
+        }
+    }
+
+    private struct Finished: Sendable {
+        var id: StepID
+        var outcome: StepOutcome
+        var outputs: [String: String]
+    }
+
+    private func schedule(_ graph: StepGraph, options: ExecutionOptions, stop: StopSignal) async -> ExecutionReport {
+        var state = SchedulerState(graph: graph)
+        let resume = options.resume ?? ResumeState()
+        await observer.handle(.runStarted(
+            runID: options.runID, plan: graph.plan, steps: graph.steps.count,
+            resumedSteps: resume.completed.keys.filter { state.isForward($0) }.count))
+
+        // A resumed run whose predecessor had started rolling back finishes the rollback.
+        for group in graph.rollbacks where resume.triggeredRollbacks.contains(group.id) {
+            let skipped = state.skipDescendants(of: group.armedBy, except: Set(resume.completed.keys),
+                                                cause: .rolledBack(group: group.id))
+            await announceSkipped(skipped)
+            state.trigger(group)
+            await observer.handle(.rollbackStarted(group: group.id, reason: "resumed run had started it"))
+        }
+
+        var stopAnnounced = false
+        await withTaskGroup(of: Finished.self) { tasks in
+            var running = 0
+            while true {
+                if stop.isRequested && !stopAnnounced {
+                    stopAnnounced = true
+                    state.report.stopped = true
+                    await observer.handle(.stopRequested)
+                    await announceSkipped(state.skipPendingForward(cause: .stopRequested))
+                    await triggerRollbacks(&state)
+                }
+                while running < options.parallelism, let step = state.popReady() {
+                    running += 1
+                    let completedBefore = resume.completed[step.id]
+                    let outputs = state.report.outputs
+                    let timeout = step.timeoutSeconds.map { Duration.milliseconds(Int64(($0 * 1000).rounded())) }
+                        ?? options.defaultTimeout
+                    tasks.addTask {
+                        // An unstructured task: cancelling the run must not cancel a step in flight.
+                        await Task {
+                            await self.execute(step, runID: options.runID, completedBefore: completedBefore,
+                                               outputs: outputs, timeout: timeout, stop: stop)
+                        }.value
+                    }
+                }
+                if running == 0 { break }
+                guard let finished = await tasks.next() else { break }
+                running -= 1
+                if finished.outcome.succeeded { state.report.outputs[finished.id] = finished.outputs }
+                await announceSkipped(state.resolve(finished.id, finished.outcome))
+                await triggerRollbacks(&state)
+            }
+        }
+        // Anything still unresolved could not start: after a stop, or in a graph that was not
+        // validated (a cycle, a missing dependency); never a hang.
+        await announceSkipped(state.skipPendingForward(cause: state.report.stopped ? .stopRequested : .unreachable))
+        let report = state.report
+        await observer.handle(.runFinished(report))
+        return report
+    }
+
+    private func announceSkipped(_ skipped: [(StepID, SkipCause)]) async {
+        for (id, cause) in skipped {
+            await observer.handle(.stepFinished(id, outcome: .skipped(cause), outputs: [:], duration: .zero))
+        }
+    }
+
+    private func triggerRollbacks(_ state: inout SchedulerState) async {
+        for (group, reason) in state.groupsToTrigger() {
+            state.trigger(group)
+            await observer.handle(.rollbackStarted(group: group.id, reason: reason))
+        }
+    }
+
+    // MARK: One step
+
+    private enum AttemptResult: Sendable {
+        case probeDone([String: String])
+        case acted([String: String])
+        case notConfirmed
+    }
+
+    /// Set when an attempt reached `act`, so a later attempt whose probe finds the effect still
+    /// reports `changed`, and a step not idempotent by probe is never acted twice.
+    private final class ActMarker: @unchecked Sendable {
+        private let lock = NSLock()
+        private var started = false
+        func mark() { lock.withLock { started = true } }
+        var isMarked: Bool { lock.withLock { started } }
+    }
+
+    private func execute(_ step: Step, runID: String, completedBefore: [String: String]?,
+                         outputs: [StepID: [String: String]], timeout: Duration?, stop: StopSignal) async -> Finished {
+        let started = clock.now()
+        await observer.handle(.stepStarted(step.id, role: step.role))
+        let policy = step.retry
+        let acted = ActMarker()
+        let runner = self.runner
+        let observer = self.observer
+        var attempt = 1
+        while true {
+            await observer.handle(.attemptStarted(step.id, attempt: attempt))
+            let context = StepContext(
+                runID: runID, step: step, attempt: attempt, previouslyCompleted: completedBefore != nil,
+                outputs: outputs,
+                progressSink: { bytes, total in await observer.handle(.progress(step.id, bytes: bytes, total: total)) })
+            do {
+                let result: AttemptResult = try await withTimeout(timeout, step: step.id) {
+                    switch try await runner.probe(context) {
+                    case .done(let found):
+                        return .probeDone(found)
+                    case .needed:
+                        if context.previouslyCompleted { return .notConfirmed }
+                    }
+                    acted.mark()
+                    let produced = try await runner.act(context)
+                    try await runner.verify(context, outputs: produced)
+                    return .acted(produced)
+                }
+                let outcome: StepOutcome
+                let produced: [String: String]
+                switch result {
+                case .probeDone(let found):
+                    outcome = acted.isMarked ? .changed : .unchanged
+                    produced = (completedBefore ?? [:]).merging(found) { _, new in new }
+                case .acted(let made):
+                    outcome = .changed
+                    produced = made
+                case .notConfirmed:
+                    await observer.handle(.resumedStepNotConfirmed(step.id))
+                    outcome = .unchanged
+                    produced = completedBefore ?? [:]
+                }
+                return await finish(step, outcome, produced, since: started)
+            } catch {
+                let retryable = (error as? any RetryClassifiable)?.isRetryable ?? false
+                let message = String(describing: error)
+                let mayRetry = retryable && attempt < policy.attempts && !stop.isRequested
+                    && (step.idempotentByProbe || !acted.isMarked)
+                if mayRetry {
+                    let milliseconds = policy.delayMilliseconds(afterAttempt: attempt, unit: jitter.nextUnit())
+                    let delay = Duration.microseconds(Int64((milliseconds * 1000).rounded()))
+                    await observer.handle(.attemptFailed(step.id, attempt: attempt, message: message,
+                                                         retryable: true, retryAfter: delay))
+                    await backoff(delay, stop: stop)
+                    if !stop.isRequested {
+                        attempt += 1
+                        continue
+                    }
+                } else {
+                    await observer.handle(.attemptFailed(step.id, attempt: attempt, message: message,
+                                                         retryable: retryable, retryAfter: nil))
+                }
+                let failure = StepFailure(message: message, retryable: retryable, attempts: attempt,
+                                          timedOut: error is StepTimeoutError)
+                return await finish(step, .failed(failure), [:], since: started)
+            }
+        }
+    }
+
+    /// Sleeps `delay` on the executor's clock, returning early when a stop is requested.
+    private func backoff(_ delay: Duration, stop: StopSignal) async {
+        let clock = self.clock
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await clock.sleep(for: delay) }
+            group.addTask { await stop.waitForRequest() }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func finish(_ step: Step, _ outcome: StepOutcome, _ outputs: [String: String],
+                        since started: Duration) async -> Finished {
+        await observer.handle(.stepFinished(step.id, outcome: outcome, outputs: outputs, duration: clock.now() - started))
+        return Finished(id: step.id, outcome: outcome, outputs: outputs)
+    }
+
+    /// Runs `body`, throwing `StepTimeoutError` if it takes longer than `timeout` (the body is
+    /// then cancelled; the SSH layer honours cancellation).
+    private func withTimeout<T: Sendable>(
+        _ timeout: Duration?, step: StepID, _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        guard let timeout else { return try await body() }
+        let clock = self.clock
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await clock.sleep(for: timeout)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let value = first else {
+                throw StepTimeoutError(step: step, timeout: timeout)
+            }
+            return value
+        }
+    }
+}
+
+/// Bookkeeping of one run: which steps wait for what, what is ready, what ended how.
+struct SchedulerState {
+    private var steps: [StepID: Step] = [:]
+    private var rank: [StepID: Int] = [:]
+    private var forward: Set<StepID> = []
+    private var waitingOn: [StepID: Int] = [:]
+    private var dependents: [StepID: [StepID]] = [:]
+    private var ready: [StepID] = []
+    private var started: Set<StepID> = []
+    private var groups: [RollbackGroup]
+    private var triggered: Set<String> = []
+    var report = ExecutionReport()
+
+    init(graph: StepGraph) {
+        groups = graph.rollbacks
+        for (index, step) in graph.allSteps.enumerated() {
+            steps[step.id] = step
+            rank[step.id] = step.role == .rollback ? index - graph.allSteps.count : index
+        }
+        for step in graph.steps {
+            forward.insert(step.id)
+            register(step)
+        }
+    }
+
+    func isForward(_ id: StepID) -> Bool { forward.contains(id) }
+
+    private mutating func register(_ step: Step) {
+        let dependencies = Set(step.dependsOn)
+        waitingOn[step.id] = dependencies.count
+        for dependency in dependencies { dependents[dependency, default: []].append(step.id) }
+        if dependencies.isEmpty { ready.append(step.id) }
+    }
+
+    /// The ready step to start next: rollback steps first, then in graph order.
+    mutating func popReady() -> Step? {
+        guard let best = ready.min(by: { rank[$0]! < rank[$1]! }) else { return nil }
+        ready.removeAll { $0 == best }
+        started.insert(best)
+        return steps[best]
+    }
+
+    /// Records how a step ended; returns the steps this skips (transitively), with their cause.
+    mutating func resolve(_ id: StepID, _ outcome: StepOutcome) -> [(StepID, SkipCause)] {
+        report.outcomes[id] = outcome
+        report.finishOrder.append(id)
+        if outcome.succeeded {
+            for dependent in dependents[id] ?? [] where report.outcomes[dependent] == nil {
+                waitingOn[dependent, default: 1] -= 1
+                if waitingOn[dependent] == 0 && !started.contains(dependent) { ready.append(dependent) }
+            }
+            return []
+        }
+        let cause: SkipCause
+        switch outcome {
+        case .skipped(let inherited): cause = inherited
+        default: cause = .dependencyFailed(id)
+        }
+        var skipped: [(StepID, SkipCause)] = []
+        var queue = dependents[id] ?? []
+        while !queue.isEmpty {
+            let next = queue.removeFirst()
+            guard report.outcomes[next] == nil, !started.contains(next) else { continue }
+            report.outcomes[next] = .skipped(cause)
+            report.finishOrder.append(next)
+            ready.removeAll { $0 == next }
+            skipped.append((next, cause))
+            queue += dependents[next] ?? []
+        }
+        return skipped
+    }
+
+    /// Skips every forward step that has not started (after a stop request).
+    mutating func skipPendingForward(cause: SkipCause) -> [(StepID, SkipCause)] {
+        let pending = forward.filter { report.outcomes[$0] == nil && !started.contains($0) }
+            .sorted { rank[$0]! < rank[$1]! }
+        var skipped: [(StepID, SkipCause)] = []
+        for id in pending {
+            report.outcomes[id] = .skipped(cause)
+            report.finishOrder.append(id)
+            skipped.append((id, cause))
+        }
+        ready.removeAll { forward.contains($0) }
+        return skipped
+    }
+
+    /// Skips forward steps that follow `roots` (not the roots), except those in `keep`.
+    mutating func skipDescendants(of roots: [StepID], except keep: Set<StepID>, cause: SkipCause) -> [(StepID, SkipCause)] {
+        var seen = Set<StepID>()
+        var queue = roots.flatMap { dependents[$0] ?? [] }
+        var skipped: [(StepID, SkipCause)] = []
+        while !queue.isEmpty {
+            let next = queue.removeFirst()
+            guard seen.insert(next).inserted else { continue }
+            queue += dependents[next] ?? []
+            guard !keep.contains(next), report.outcomes[next] == nil else { continue }
+            report.outcomes[next] = .skipped(cause)
+            report.finishOrder.append(next)
+            ready.removeAll { $0 == next }
+            skipped.append((next, cause))
+        }
+        return skipped.sorted { rank[$0.0]! < rank[$1.0]! }
+    }
+
+    /// Groups that are armed (an `armedBy` step succeeded) and can no longer be disarmed (every
+    /// `disarmedBy` step ended, not all of them successfully).
+    func groupsToTrigger() -> [(RollbackGroup, String)] {
+        var result: [(RollbackGroup, String)] = []
+        for group in groups where !triggered.contains(group.id) {
+            let armed = group.armedBy.contains { report.outcomes[$0]?.succeeded == true }
+            let ended = group.disarmedBy.allSatisfy { report.outcomes[$0] != nil }
+            let disarmed = group.disarmedBy.allSatisfy { report.outcomes[$0]?.succeeded == true }
+            guard armed, ended, !disarmed else { continue }
+            let blocker = group.disarmedBy.first { report.outcomes[$0]?.succeeded != true }!
+            result.append((group, "\(blocker) \(report.outcomes[blocker]!)"))
+        }
+        return result
+    }
+
+    mutating func trigger(_ group: RollbackGroup) {
+        guard triggered.insert(group.id).inserted else { return }
+        report.rolledBack.append(group.id)
+        for step in group.steps { register(step) }
+    }
+}

@@ -1,0 +1,305 @@
+import MigPlanModel
+
+/// Compiles a (validated) plan into the step graph the engine runs. Pure: no I/O.
+///
+/// Paths on hosts, under each host's `runtime.workDir` (`W`):
+/// - checkpoint images on the source: `W/checkpoints/MIGRATION/INSTANCE`
+/// - archive on the source: `W/archives/MIGRATION.tar[.zz]` (single) or
+///   `W/archives/MIGRATION-INSTANCE.tar[.zz]` (per container)
+/// - archive on the destination: `W/incoming/<same file name>`
+/// - unpacked images on the destination: `W/restore/MIGRATION/INSTANCE`
+public enum PlanCompiler {
+    /// Jitter applied to every plan retry policy (the plan format has no field for it).
+    public static let defaultJitter = 0.5
+
+    public static func compile(_ plan: Plan) throws(GraphError) -> StepGraph {
+        var steps: [Step] = []
+        var rollbacks: [RollbackGroup] = []
+        for migration in plan.migrations {
+            var compiler = try MigrationCompiler(plan: plan, migration: migration)
+            compiler.compile()
+            steps += compiler.steps
+            rollbacks += compiler.rollbacks
+        }
+        let graph = StepGraph(plan: plan.name, planFile: plan.file, steps: steps, rollbacks: rollbacks)
+        var validated = try graph.validated()
+        markOnFailure(&validated)
+        return validated
+    }
+
+    /// Fills each forward step's `onFailure`: the rollback groups that are armed while it runs,
+    /// i.e. the step is at or after an `armedBy` step and at or before a `disarmedBy` step.
+    static func markOnFailure(_ graph: inout StepGraph) {
+        let byID = Dictionary(uniqueKeysWithValues: graph.steps.map { ($0.id, $0) })
+        var dependents: [StepID: [StepID]] = [:]
+        for step in graph.steps {
+            for dependency in step.dependsOn { dependents[dependency, default: []].append(step.id) }
+        }
+        func closure(from start: [StepID], next: (StepID) -> [StepID]) -> Set<StepID> {
+            var seen = Set(start)
+            var queue = start
+            while let current = queue.popLast() {
+                for following in next(current) where seen.insert(following).inserted { queue.append(following) }
+            }
+            return seen
+        }
+        var groupsOfStep: [StepID: [String]] = [:]
+        for group in graph.rollbacks {
+            let after = closure(from: group.armedBy) { dependents[$0] ?? [] }
+            let before = closure(from: group.disarmedBy) { byID[$0]?.dependsOn ?? [] }
+            for id in after.intersection(before) { groupsOfStep[id, default: []].append(group.id) }
+        }
+        for index in graph.steps.indices {
+            graph.steps[index].onFailure = groupsOfStep[graph.steps[index].id] ?? []
+        }
+    }
+}
+
+/// Builds the steps of one migration.
+struct MigrationCompiler {
+    let plan: Plan
+    let migration: Migration
+    let source: Host
+    let destination: Host
+    let instances: [ContainerInstance]
+    let retry: StepRetryPolicy
+    var steps: [Step] = []
+    var rollbacks: [RollbackGroup] = []
+
+    init(plan: Plan, migration: Migration) throws(GraphError) {
+        let place = "migration \"\(migration.name)\""
+        guard let source = plan.host(named: migration.from) else {
+            throw .unknownReference(kind: "host", name: migration.from, in: place)
+        }
+        guard let destination = plan.host(named: migration.to) else {
+            throw .unknownReference(kind: "host", name: migration.to, in: place)
+        }
+        var instances: [ContainerInstance] = []
+        for name in migration.containers {
+            guard let container = plan.container(named: name) else {
+                throw .unknownReference(kind: "container", name: name, in: place)
+            }
+            let names = container.replicaNames
+            for (offset, instance) in names.enumerated() {
+                instances.append(ContainerInstance(
+                    name: instance, container: container.name, runtime: container.runtime.rawValue,
+                    replica: names.count > 1 ? offset + 1 : nil))
+            }
+        }
+        self.plan = plan
+        self.migration = migration
+        self.source = source
+        self.destination = destination
+        self.instances = instances
+        self.retry = StepRetryPolicy(
+            attempts: migration.retry.attempts,
+            initialBackoffMilliseconds: Self.milliseconds(migration.retry.initialBackoff),
+            maxBackoffMilliseconds: Self.milliseconds(migration.retry.maxBackoff),
+            multiplier: 2, jitter: PlanCompiler.defaultJitter)
+    }
+
+    static func milliseconds(_ duration: Duration) -> Int {
+        let (seconds, attoseconds) = duration.components
+        return Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
+    }
+
+    var runtimes: [String] {
+        var seen: [String] = []
+        for instance in instances where !seen.contains(instance.runtime) { seen.append(instance.runtime) }
+        return seen
+    }
+
+    var rollbackEnabled: Bool { migration.onFailure == .rollback }
+
+    func id(_ subject: String, _ verb: String, _ location: StepLocation) -> StepID {
+        "\(subject).\(verb)@\(location)"
+    }
+
+    mutating func add(
+        _ subject: String, _ verb: String, at location: StepLocation, _ action: StepAction,
+        after dependencies: [StepID], metrics: [PaperMetric], idempotent: Bool = true
+    ) -> StepID {
+        let stepID = id(subject, verb, location)
+        steps.append(Step(
+            id: stepID, location: location, action: action, dependsOn: dependencies,
+            idempotentByProbe: idempotent, metrics: metrics, migration: migration.name, retry: retry))
+        return stepID
+    }
+
+    func rollbackStep(
+        _ subject: String, _ verb: String, at location: StepLocation, _ action: StepAction, after: [StepID]
+    ) -> Step {
+        Step(id: id(subject, verb, location), location: location, action: action, dependsOn: after,
+             idempotentByProbe: true, metrics: [], migration: migration.name, role: .rollback, retry: retry)
+    }
+
+    mutating func compile() {
+        let src = StepLocation.host(source.name)
+        let dst = StepLocation.host(destination.name)
+        let stateful = migration.flow.isStateful
+        let preflightSource = add(migration.name, "preflight", at: src, .preflight(PreflightAction(
+            runtimes: runtimes, criuCheck: stateful, workDir: source.runtime.workDir)),
+            after: [], metrics: [])
+        let preflightDestination = add(migration.name, "preflight", at: dst, .preflight(PreflightAction(
+            runtimes: runtimes, criuCheck: stateful, workDir: destination.runtime.workDir)),
+            after: [], metrics: [])
+        let sessions = add(migration.name, "sessions", at: .controller,
+            .ensureSessions(EnsureSessionsAction(hosts: [source.name, destination.name])),
+            after: [preflightSource, preflightDestination], metrics: [.total])
+        switch migration.flow {
+        case .stateful:
+            compileStateful(after: sessions, src: src, dst: dst)
+        case .stateless(order: .stopFirst):
+            compileStopFirst(after: sessions, src: src, dst: dst)
+        case .stateless(order: .startFirst):
+            compileStartFirst(after: sessions, src: src, dst: dst)
+        }
+    }
+
+    // MARK: Stateful
+
+    func imagesDir(_ instance: ContainerInstance) -> String {
+        "\(source.runtime.workDir)/checkpoints/\(migration.name)/\(instance.name)"
+    }
+
+    func restoreDir(_ instance: ContainerInstance) -> String {
+        "\(destination.runtime.workDir)/restore/\(migration.name)/\(instance.name)"
+    }
+
+    var compression: CompressionChoice {
+        switch migration.transfer.compression {
+        case .none: return .none
+        case .zlib(let level): return .zlib(level: level)
+        }
+    }
+
+    func archiveFileName(_ subject: String) -> String {
+        compression == .none ? "\(subject).tar" : "\(subject).tar.zz"
+    }
+
+    mutating func compileStateful(after sessions: StepID, src: StepLocation, dst: StepLocation) {
+        var checkpoints: [String: StepID] = [:]
+        for instance in instances {
+            checkpoints[instance.name] = add(instance.name, "checkpoint", at: src,
+                .checkpoint(CheckpointAction(instance: instance, imagesDir: imagesDir(instance))),
+                after: [sessions], metrics: [.checkpoint, .downtime, .total])
+        }
+        // Archive units: one for the whole migration, or one per instance.
+        let units: [(subject: String, members: [ContainerInstance])]
+        switch migration.transfer.archive {
+        case .single: units = [(migration.name, instances)]
+        case .perContainer: units = instances.map { ($0.name, [$0]) }
+        }
+        let route: TransferRoute = migration.transfer.path == .direct ? .direct : .relay
+        var verified: [StepID] = []
+        var singleArchivePath: String?
+        for unit in units {
+            let fileName = archiveFileName(unit.subject)
+            let sourceArchive = "\(source.runtime.workDir)/archives/\(fileName)"
+            let destinationArchive = "\(destination.runtime.workDir)/incoming/\(fileName)"
+            let unpackDir = "\(destination.runtime.workDir)/restore/\(migration.name)"
+            let archive = add(unit.subject, "archive", at: src, .archive(ArchiveAction(
+                instances: unit.members, imagesDirs: unit.members.map(imagesDir), archivePath: sourceArchive,
+                compression: compression)),
+                after: unit.members.compactMap { checkpoints[$0.name] }, metrics: [.archive, .downtime, .total])
+            let transfer = add(unit.subject, "transfer", at: route == .relay ? .controller : src,
+                .transfer(TransferAction(from: source.name, to: destination.name, route: route,
+                                         sourcePath: sourceArchive, destinationPath: destinationArchive)),
+                after: [archive], metrics: [.transfer, .downtime, .total])
+            let digest = add(unit.subject, "verifyDigest", at: dst,
+                .verifyDigest(VerifyDigestAction(archivePath: destinationArchive, digestFrom: transfer)),
+                after: [transfer], metrics: [.downtime, .total])
+            let unpack = add(unit.subject, "unpack", at: dst,
+                .unpack(UnpackAction(archivePath: destinationArchive, intoDir: unpackDir, compression: compression)),
+                after: [digest], metrics: [.downtime, .total])
+            var unitVerified: [StepID] = []
+            for instance in unit.members {
+                let restore = add(instance.name, "restore", at: dst,
+                    .restore(RestoreAction(instance: instance, imagesDir: restoreDir(instance))),
+                    after: [unpack], metrics: [.restore, .downtime, .total])
+                let verify = add(instance.name, "verifyRunning", at: dst,
+                    .verifyRunning(VerifyRunningAction(instance: instance, checkState: true)),
+                    after: [restore], metrics: [.total])
+                unitVerified.append(verify)
+                let sourcePaths = units.count == 1 ? [imagesDir(instance)] : [imagesDir(instance), sourceArchive]
+                _ = add(instance.name, "cleanupSource", at: src,
+                    .cleanupSource(CleanupAction(instances: [instance], paths: sourcePaths)),
+                    after: [verify], metrics: [])
+                if rollbackEnabled, let checkpoint = checkpoints[instance.name] {
+                    rollbacks.append(RollbackGroup(
+                        id: "\(instance.name).rollback", migration: migration.name,
+                        armedBy: [checkpoint], disarmedBy: [verify],
+                        steps: statefulRollback(instance, src: src, dst: dst)))
+                }
+            }
+            verified += unitVerified
+            if units.count == 1 { singleArchivePath = sourceArchive }
+        }
+        if let singleArchivePath {
+            // The shared archive goes once every container it holds is verified on the destination.
+            _ = add(migration.name, "cleanupArchive", at: src,
+                .cleanupSource(CleanupAction(instances: [], paths: [singleArchivePath])),
+                after: verified, metrics: [])
+        }
+    }
+
+    func statefulRollback(_ instance: ContainerInstance, src: StepLocation, dst: StepLocation) -> [Step] {
+        let cleanup = rollbackStep(instance.name, "cleanupDestination", at: dst,
+            .cleanupDestination(CleanupAction(instances: [instance], paths: [restoreDir(instance)])), after: [])
+        let restore = rollbackStep(instance.name, "restoreOnSource", at: src,
+            .restoreOnSource(RestoreAction(instance: instance, imagesDir: imagesDir(instance))), after: [cleanup.id])
+        let verify = rollbackStep(instance.name, "verifyRunning", at: src,
+            .verifyRunning(VerifyRunningAction(instance: instance, checkState: true)), after: [restore.id])
+        return [cleanup, restore, verify]
+    }
+
+    // MARK: Stateless
+
+    mutating func compileStopFirst(after sessions: StepID, src: StepLocation, dst: StepLocation) {
+        for instance in instances {
+            let kill = add(instance.name, "kill", at: src, .kill(InstanceAction(instance: instance)),
+                           after: [sessions], metrics: [.kill, .downtime, .total])
+            let start = add(instance.name, "start", at: dst, .start(InstanceAction(instance: instance)),
+                            after: [kill], metrics: [.start, .downtime, .total])
+            let verify = add(instance.name, "verifyRunning", at: dst,
+                .verifyRunning(VerifyRunningAction(instance: instance, checkState: false)),
+                after: [start], metrics: [.total])
+            _ = add(instance.name, "cleanupSource", at: src,
+                .cleanupSource(CleanupAction(instances: [instance], paths: [])), after: [verify], metrics: [])
+            if rollbackEnabled {
+                let cleanup = rollbackStep(instance.name, "cleanupDestination", at: dst,
+                    .cleanupDestination(CleanupAction(instances: [instance], paths: [])), after: [])
+                let restart = rollbackStep(instance.name, "start", at: src,
+                    .start(InstanceAction(instance: instance)), after: [cleanup.id])
+                let check = rollbackStep(instance.name, "verifyRunning", at: src,
+                    .verifyRunning(VerifyRunningAction(instance: instance, checkState: false)), after: [restart.id])
+                rollbacks.append(RollbackGroup(
+                    id: "\(instance.name).rollback", migration: migration.name,
+                    armedBy: [kill], disarmedBy: [verify], steps: [cleanup, restart, check]))
+            }
+        }
+    }
+
+    mutating func compileStartFirst(after sessions: StepID, src: StepLocation, dst: StepLocation) {
+        for instance in instances {
+            let start = add(instance.name, "start", at: dst, .start(InstanceAction(instance: instance)),
+                            after: [sessions], metrics: [.start, .total])
+            let verify = add(instance.name, "verifyRunning", at: dst,
+                .verifyRunning(VerifyRunningAction(instance: instance, checkState: false)),
+                after: [start], metrics: [.total])
+            let stop = add(instance.name, "stop", at: src, .stop(InstanceAction(instance: instance)),
+                           after: [verify], metrics: [.kill, .total])
+            _ = add(instance.name, "cleanupSource", at: src,
+                .cleanupSource(CleanupAction(instances: [instance], paths: [])), after: [stop], metrics: [])
+            if rollbackEnabled {
+                // The source keeps running until the destination is verified: undoing means
+                // removing what was started on the destination.
+                let cleanup = rollbackStep(instance.name, "cleanupDestination", at: dst,
+                    .cleanupDestination(CleanupAction(instances: [instance], paths: [])), after: [])
+                rollbacks.append(RollbackGroup(
+                    id: "\(instance.name).rollback", migration: migration.name,
+                    armedBy: [start], disarmedBy: [verify], steps: [cleanup]))
+            }
+        }
+    }
+}

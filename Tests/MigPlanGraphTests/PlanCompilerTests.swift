@@ -1,0 +1,206 @@
+import Foundation
+import MigPlanGraph
+import MigPlanModel
+import Testing
+
+@Suite("Plan compiler")
+struct PlanCompilerTests {
+    /// Asserts that `later` comes after `earlier` both in the dependency relation and in the order.
+    func expectOrdered(_ graph: StepGraph, _ earlier: StepID, before later: StepID,
+                       sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(graph.position(earlier) >= 0, "missing \(earlier)", sourceLocation: sourceLocation)
+        #expect(graph.position(later) >= 0, "missing \(later)", sourceLocation: sourceLocation)
+        #expect(graph.dependsTransitively(later, on: earlier),
+                "\(later) must depend on \(earlier)", sourceLocation: sourceLocation)
+        #expect(graph.position(earlier) < graph.position(later), sourceLocation: sourceLocation)
+    }
+
+    @Test func statefulFlowRunsPreflightSessionsCheckpointArchiveTransferDigestUnpackRestoreVerifyCleanup() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful))
+        #expect(graph.steps.map(\.id) == [
+            "move.preflight@instance1",
+            "move.preflight@instance2",
+            "move.sessions@controller",
+            "app.checkpoint@instance1",
+            "move.archive@instance1",
+            "move.transfer@controller",
+            "move.verifyDigest@instance2",
+            "move.unpack@instance2",
+            "app.restore@instance2",
+            "app.verifyRunning@instance2",
+            "app.cleanupSource@instance1",
+            "move.cleanupArchive@instance1",
+        ])
+        let chain = ["move.preflight@instance1", "move.sessions@controller", "app.checkpoint@instance1",
+                     "move.archive@instance1", "move.transfer@controller", "move.verifyDigest@instance2",
+                     "move.unpack@instance2", "app.restore@instance2", "app.verifyRunning@instance2",
+                     "app.cleanupSource@instance1"]
+        for (earlier, later) in zip(chain, chain.dropFirst()) { expectOrdered(graph, earlier, before: later) }
+        expectOrdered(graph, "move.preflight@instance2", before: "move.sessions@controller")
+        expectOrdered(graph, "app.verifyRunning@instance2", before: "move.cleanupArchive@instance1")
+    }
+
+    @Test func statefulPreflightChecksRuntimeCriuAndFreeSpaceOnBothHosts() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful, runtime: .docker))
+        for host in ["instance1", "instance2"] {
+            let step = try #require(graph.step("move.preflight@\(host)"))
+            #expect(step.location == .host(host))
+            #expect(step.action == .preflight(PreflightAction(runtimes: ["docker"], criuCheck: true, workDir: "/var/lib/migplan")))
+        }
+    }
+
+    @Test func statefulStepsCarryThePaperMetricsAndRunWhereTheyShould() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful))
+        let checkpoint = try #require(graph.step("app.checkpoint@instance1"))
+        #expect(checkpoint.metrics == [.checkpoint, .downtime, .total])
+        #expect(checkpoint.location == .host("instance1"))
+        #expect(checkpoint.idempotentByProbe)
+        #expect(try #require(graph.step("move.transfer@controller")).metrics == [.transfer, .downtime, .total])
+        #expect(try #require(graph.step("app.restore@instance2")).metrics == [.restore, .downtime, .total])
+        #expect(try #require(graph.step("app.cleanupSource@instance1")).metrics == [])
+    }
+
+    @Test func digestVerificationReadsTheTransferStepsDigestBeforeUnpacking() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful, compression: .none))
+        let verify = try #require(graph.step("move.verifyDigest@instance2"))
+        guard case .verifyDigest(let action) = verify.action else { Issue.record("wrong action"); return }
+        #expect(action.digestFrom == "move.transfer@controller")
+        #expect(action.archivePath == "/var/lib/migplan/incoming/move.tar")
+        guard case .unpack(let unpack) = try #require(graph.step("move.unpack@instance2")).action else {
+            Issue.record("wrong action"); return
+        }
+        #expect(unpack.archivePath == action.archivePath)
+        #expect(unpack.compression == .none)
+    }
+
+    @Test func directTransferRunsOnTheSourceAndRelayOnTheController() throws {
+        let direct = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful, path: .direct))
+        let step = try #require(direct.step("move.transfer@instance1"))
+        guard case .transfer(let action) = step.action else { Issue.record("wrong action"); return }
+        #expect(action.route == .direct)
+        #expect(direct.step("move.transfer@controller") == nil)
+    }
+
+    @Test func statefulRollbackIsArmedByTheCheckpointAndDisarmedByDestinationVerification() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful))
+        let group = try #require(graph.rollbacks.first)
+        #expect(graph.rollbacks.count == 1)
+        #expect(group.id == "app.rollback")
+        #expect(group.armedBy == ["app.checkpoint@instance1"])
+        #expect(group.disarmedBy == ["app.verifyRunning@instance2"])
+        #expect(group.steps.map(\.id) == [
+            "app.cleanupDestination@instance2", "app.restoreOnSource@instance1", "app.verifyRunning@instance1",
+        ])
+        #expect(group.steps.allSatisfy { $0.role == .rollback })
+        guard case .restoreOnSource(let restore) = group.steps[1].action else { Issue.record("wrong action"); return }
+        #expect(restore.imagesDir == "/var/lib/migplan/checkpoints/move/app")
+        // Steps between checkpoint and destination verification show the rollback; others do not.
+        #expect(try #require(graph.step("move.transfer@controller")).onFailure == ["app.rollback"])
+        #expect(try #require(graph.step("app.checkpoint@instance1")).onFailure == ["app.rollback"])
+        #expect(try #require(graph.step("app.verifyRunning@instance2")).onFailure == ["app.rollback"])
+        #expect(try #require(graph.step("move.preflight@instance1")).onFailure == [])
+        #expect(try #require(graph.step("app.cleanupSource@instance1")).onFailure == [])
+    }
+
+    @Test func failurePolicyNoneCompilesNoRollback() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful, onFailure: .none))
+        #expect(graph.rollbacks.isEmpty)
+        #expect(graph.steps.allSatisfy { $0.onFailure.isEmpty })
+    }
+
+    @Test func multiUserSingleArchiveCheckpointsAllReplicasConcurrentlyIntoOneArchive() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful, replicas: 4, containers: ["face"]))
+        let checkpoints = graph.ids(ofKind: "checkpoint")
+        #expect(checkpoints == (1...4).map { "face-\($0).checkpoint@instance1" })
+        // Checkpoints depend only on the sessions step, never on each other: they may run together.
+        for id in checkpoints {
+            #expect(graph.step(id)?.dependsOn == ["move.sessions@controller"])
+        }
+        #expect(graph.ids(ofKind: "archive") == ["move.archive@instance1"])
+        #expect(Set(try #require(graph.step("move.archive@instance1")).dependsOn) == Set(checkpoints))
+        #expect(graph.ids(ofKind: "transfer").count == 1)
+        #expect(graph.ids(ofKind: "restore") == (1...4).map { "face-\($0).restore@instance2" })
+        for replica in 1...4 {
+            expectOrdered(graph, "move.transfer@controller", before: "face-\(replica).restore@instance2")
+            expectOrdered(graph, "face-\(replica).verifyRunning@instance2", before: "face-\(replica).cleanupSource@instance1")
+            expectOrdered(graph, "face-\(replica).verifyRunning@instance2", before: "move.cleanupArchive@instance1")
+        }
+        #expect(graph.rollbacks.map(\.id) == (1...4).map { "face-\($0).rollback" })
+        guard case .checkpoint(let action) = try #require(graph.step("face-3.checkpoint@instance1")).action else {
+            Issue.record("wrong action"); return
+        }
+        #expect(action.instance == ContainerInstance(name: "face-3", container: "face", runtime: "runc", replica: 3))
+    }
+
+    @Test func multiUserPerContainerArchivesTransferEachReplicaOnItsOwn() throws {
+        let graph = try PlanCompiler.compile(
+            PlanFixtures.plan(flow: .stateful, replicas: 2, containers: ["face"], archive: .perContainer))
+        #expect(graph.ids(ofKind: "archive") == ["face-1.archive@instance1", "face-2.archive@instance1"])
+        #expect(graph.ids(ofKind: "transfer") == ["face-1.transfer@controller", "face-2.transfer@controller"])
+        #expect(graph.step("face-1.archive@instance1")?.dependsOn == ["face-1.checkpoint@instance1"])
+        expectOrdered(graph, "face-1.unpack@instance2", before: "face-1.restore@instance2")
+        #expect(!graph.dependsTransitively("face-2.restore@instance2", on: "face-1.transfer@controller"))
+        #expect(graph.step("move.cleanupArchive@instance1") == nil)
+    }
+
+    @Test func stopFirstKillsOnSourceBeforeStartingOnDestination() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateless(order: .stopFirst)))
+        #expect(graph.steps.map(\.id) == [
+            "move.preflight@instance1", "move.preflight@instance2", "move.sessions@controller",
+            "app.kill@instance1", "app.start@instance2", "app.verifyRunning@instance2", "app.cleanupSource@instance1",
+        ])
+        expectOrdered(graph, "app.kill@instance1", before: "app.start@instance2")
+        #expect(graph.step("app.kill@instance1")?.metrics == [.kill, .downtime, .total])
+        #expect(graph.step("app.start@instance2")?.metrics == [.start, .downtime, .total])
+        guard case .preflight(let preflight) = try #require(graph.step("move.preflight@instance1")).action else {
+            Issue.record("wrong action"); return
+        }
+        #expect(!preflight.criuCheck)
+        let group = try #require(graph.rollbacks.first)
+        #expect(group.armedBy == ["app.kill@instance1"])
+        #expect(group.steps.map(\.id) == ["app.cleanupDestination@instance2", "app.start@instance1", "app.verifyRunning@instance1"])
+    }
+
+    @Test func startFirstStopsTheSourceOnlyAfterTheDestinationIsVerified() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateless(order: .startFirst), replicas: 2))
+        for name in ["app-1", "app-2"] {
+            expectOrdered(graph, "\(name).start@instance2", before: "\(name).verifyRunning@instance2")
+            expectOrdered(graph, "\(name).verifyRunning@instance2", before: "\(name).stop@instance1")
+            expectOrdered(graph, "\(name).stop@instance1", before: "\(name).cleanupSource@instance1")
+            #expect(graph.step("\(name).stop@instance1")?.metrics == [.kill, .total])
+        }
+        #expect(graph.ids(ofKind: "kill").isEmpty)
+        #expect(graph.steps.allSatisfy { !$0.metrics.contains(.downtime) })
+        #expect(graph.rollbacks.first?.steps.map(\.id) == ["app-1.cleanupDestination@instance2"])
+    }
+
+    @Test func retryPolicyComesFromTheMigration() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful, attempts: 5))
+        let retry = try #require(graph.steps.first).retry
+        #expect(retry.attempts == 5)
+        #expect(retry.initialBackoffMilliseconds == 500)
+        #expect(retry.maxBackoffMilliseconds == 4000)
+        #expect(retry.multiplier == 2)
+    }
+
+    @Test func unknownHostIsACompileErrorNamingIt() {
+        var plan = PlanFixtures.plan(flow: .stateful)
+        plan.migrations[0].to = "nowhere"
+        #expect(throws: GraphError.unknownReference(kind: "host", name: "nowhere", in: "migration \"move\"")) {
+            try PlanCompiler.compile(plan)
+        }
+    }
+
+    @Test func twoMigrationsAreIndependent() throws {
+        var plan = PlanFixtures.plan(flow: .stateful, containers: ["a", "b"])
+        var second = plan.migrations[0]
+        plan.migrations[0].containers = ["a"]
+        second.name = "other"
+        second.containers = ["b"]
+        plan.migrations.append(second)
+        let graph = try PlanCompiler.compile(plan)
+        #expect(!graph.dependsTransitively("b.restore@instance2", on: "a.checkpoint@instance1"))
+        #expect(!graph.dependsTransitively("a.restore@instance2", on: "b.checkpoint@instance1"))
+        #expect(graph.rollbacks.map(\.migration) == ["move", "other"])
+    }
+}

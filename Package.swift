@@ -34,10 +34,15 @@ let package = Package(
         .target(name: "MigPlanJournal", dependencies: ["MigPlanBasics", "CLibPQ"]),
         // The executor: runs any step graph.
         .target(name: "MigPlanEngine", dependencies: ["MigPlanBasics", "MigPlanModel", "MigPlanGraph", "CZlib"]),
+        // The live step runner: maps graph steps onto SSH commands, runtimes and the journal.
+        .target(name: "MigPlanActions", dependencies: [
+            "MigPlanBasics", "MigPlanModel", "MigPlanGraph", "MigPlanEngine", "MigPlanSSH",
+            "MigPlanRuntime", "MigPlanJournal", "CZlib",
+        ]),
         // Commands.
         .target(name: "MigPlanCLI", dependencies: [
             "MigPlanBasics", "MigPlanModel", "MigPlanGraph", "MigPlanSSH", "MigPlanRuntime",
-            "MigPlanJournal", "MigPlanEngine", "CLibSSH2", "CLibPQ", "CZlib",
+            "MigPlanJournal", "MigPlanEngine", "MigPlanActions", "CLibSSH2", "CLibPQ", "CZlib",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
         ]),
@@ -49,6 +54,10 @@ let package = Package(
         .testTarget(name: "MigPlanRuntimeTests", dependencies: ["MigPlanRuntime", "MigPlanSSH", "MigPlanBasics"]),
         .testTarget(name: "MigPlanJournalTests", dependencies: ["MigPlanJournal", "MigPlanBasics"]),
         .testTarget(name: "MigPlanEngineTests", dependencies: ["MigPlanEngine", "MigPlanGraph", "MigPlanModel"]),
+        .testTarget(name: "MigPlanActionsTests", dependencies: [
+            "MigPlanActions", "MigPlanEngine", "MigPlanGraph", "MigPlanModel", "MigPlanSSH", "MigPlanRuntime",
+            "MigPlanJournal", "MigPlanBasics",
+        ]),
         .testTarget(name: "MigPlanCLITests", dependencies: ["MigPlanCLI"]),
     ],
     swiftLanguageModes: [.v6]

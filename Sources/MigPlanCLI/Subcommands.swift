@@ -5,6 +5,8 @@ enum MigPlanSubcommands {
     static let all: [ParsableCommand.Type] = [
         ValidateCommand.self,
         PlanCommand.self,
+        ApplyCommand.self,
+        ReportCommand.self,
         CheckCommand.self,
         LabCommand.self,
         JournalCommand.self,

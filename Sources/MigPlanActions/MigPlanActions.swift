@@ -1,0 +1,1 @@
+// MigPlanActions: the live step runner.

@@ -25,14 +25,18 @@ public enum MigPlanMain {
             }
             exit(MigPlanExit.success)
         } catch {
-            let code = MigPlanCommand.exitCode(for: error)
-            if code == .validationFailure {
+            if isUsageError(error) {
                 // ArgumentParser says 64 (EX_USAGE); migplan documents 2 for usage errors.
                 FileHandle.standardError.write(Data((MigPlanCommand.fullMessage(for: error) + "\n").utf8))
                 exit(MigPlanExit.usage)
             }
             MigPlanCommand.exit(withError: error)
         }
+    }
+
+    /// Whether `error` is a mistake in the command line (exit status 2) rather than a failure.
+    public static func isUsageError(_ error: any Error) -> Bool {
+        MigPlanCommand.exitCode(for: error) == .validationFailure
     }
 }
 

@@ -1,0 +1,292 @@
+// Semantic checks of a decoded plan, and checks of the controller's local files.
+
+import Foundation
+
+/// When to check the controller's local files (keys, known_hosts, CA certificate).
+public enum FileCheckMode: Sendable, Hashable {
+    /// Never (pure plan checks).
+    case never
+    /// For files that exist here; missing files are reported as skipped (the default: CI has no keys).
+    case whenPresent
+    /// Always; a missing file is an error (`--check-files`).
+    case always
+}
+
+/// The result of checking one plan file.
+public struct ValidationReport: Sendable {
+    public var file: String
+    public var plan: Plan?
+    /// Sorted for output.
+    public var diagnostics: [Diagnostic]
+    /// Human descriptions of the file checks that were skipped (also present as notes).
+    public var skippedFileChecks: [String]
+
+    public var isValid: Bool { plan != nil && !diagnostics.containsErrors }
+}
+
+public struct PlanValidator: Sendable {
+    public var catalog: AlgorithmCatalog
+    public var fileChecks: FileCheckMode
+
+    public init(catalog: AlgorithmCatalog = .libssh2_1_10, fileChecks: FileCheckMode = .whenPresent) {
+        self.catalog = catalog
+        self.fileChecks = fileChecks
+    }
+
+    /// Loads and validates one file: schema-level and semantic checks, then file checks.
+    public func check(file: String, options: PlanLoadOptions = PlanLoadOptions()) -> ValidationReport {
+        let loaded = PlanLoader.load(file: file, options: options)
+        var diagnostics = loaded.diagnostics
+        var skipped: [String] = []
+        if let plan = loaded.plan {
+            diagnostics += validate(plan)
+            let files = checkFiles(plan)
+            diagnostics += files.diagnostics
+            skipped = files.skipped
+        }
+        return ValidationReport(file: file, plan: loaded.plan, diagnostics: diagnostics.sortedForOutput(), skippedFileChecks: skipped)
+    }
+
+    /// Semantic checks (no file access).
+    public func validate(_ plan: Plan) -> [Diagnostic] {
+        var out: [Diagnostic] = []
+        func error(_ mark: Mark, _ path: String, _ message: String) { out.append(Diagnostic(.error, at: mark, path: path, message)) }
+        func warning(_ mark: Mark, _ path: String, _ message: String) { out.append(Diagnostic(.warning, at: mark, path: path, message)) }
+        func list(_ names: [String]) -> String { names.isEmpty ? "none" : names.joined(separator: ", ") }
+
+        // Algorithms: unknown to libssh2, weak.
+        for kind in AlgorithmKind.allCases {
+            for (index, name) in plan.ssh.algorithms(kind).enumerated() {
+                let path = "ssh.\(kind.planField)[\(index)]"
+                let mark = plan.ssh.marks["\(kind.planField)[\(index)]"]
+                let what = Self.kindDescription(kind)
+                if let reason = WeakAlgorithms.reason(for: name) {
+                    if plan.ssh.allowWeakAlgorithms {
+                        warning(mark, path, "weak \(what) \"\(name)\" allowed by ssh.allowWeakAlgorithms: \(reason)")
+                    } else {
+                        error(mark, path, "weak \(what) \"\(name)\" refused: \(reason); choose a strong one (set ssh.allowWeakAlgorithms: true to override, not recommended)")
+                        continue
+                    }
+                }
+                if !catalog.contains(name, kind: kind) {
+                    error(mark, path, "unknown \(what) \"\(name)\": \(catalog.source) supports \(list(catalog.names[kind] ?? []))")
+                }
+            }
+        }
+
+        // Hosts: key references, duplicate addresses.
+        var seenAddresses: [String: String] = [:]
+        for host in plan.hosts {
+            if !host.key.isEmpty, plan.key(named: host.key) == nil {
+                error(host.marks["key"], "hosts.\(host.name).key", "unknown key \"\(host.key)\"; defined keys: \(list(plan.keys.map(\.name)))")
+            }
+            if !host.address.isEmpty {
+                let endpoint = host.knownHostsName
+                if let other = seenAddresses[endpoint] {
+                    warning(host.marks["address"], "hosts.\(host.name).address",
+                            "host \"\(host.name)\" has the same address and port as host \"\(other)\" (\(endpoint))")
+                } else {
+                    seenAddresses[endpoint] = host.name
+                }
+            }
+        }
+
+        // Containers: replica names must not collide with other containers.
+        var instanceOwner: [String: Container] = [:]
+        for container in plan.containers where container.replicas > 1 {
+            for name in container.replicaNames { instanceOwner[name] = container }
+        }
+        for container in plan.containers {
+            if let owner = instanceOwner[container.name], owner.name != container.name {
+                error(container.mark, "containers.\(container.name)",
+                      "duplicate name: \"\(container.name)\" is also the name of a replica of container \"\(owner.name)\" (replicas: \(owner.replicas))")
+            }
+        }
+
+        // Migrations.
+        var migrationNames: [String: Int] = [:]
+        var movedBy: [String: (migration: String, index: Int)] = [:]
+        for (index, migration) in plan.migrations.enumerated() {
+            let path = "migrations[\(index)]"
+            if !migration.name.isEmpty {
+                if let first = migrationNames[migration.name] {
+                    error(migration.marks["name"], "\(path).name",
+                          "duplicate migration name \"\(migration.name)\" (also migrations[\(first)])")
+                } else {
+                    migrationNames[migration.name] = index
+                }
+            }
+            let source = plan.host(named: migration.from)
+            let destination = plan.host(named: migration.to)
+            if !migration.from.isEmpty, source == nil {
+                error(migration.marks["from"], "\(path).from", "unknown host \"\(migration.from)\"; defined hosts: \(list(plan.hosts.map(\.name)))")
+            }
+            if !migration.to.isEmpty, destination == nil {
+                error(migration.marks["to"], "\(path).to", "unknown host \"\(migration.to)\"; defined hosts: \(list(plan.hosts.map(\.name)))")
+            }
+            if !migration.from.isEmpty, migration.from == migration.to {
+                error(migration.marks["to"], "\(path).to", "source and destination are the same host \"\(migration.to)\"")
+            } else if let source, let destination, source.knownHostsName == destination.knownHostsName, !source.address.isEmpty {
+                error(migration.marks["to"], "\(path).to",
+                      "hosts \"\(source.name)\" and \"\(destination.name)\" are the same machine (\(source.knownHostsName))")
+            }
+            for (itemIndex, name) in migration.containers.enumerated() {
+                let itemPath = "\(path).containers[\(itemIndex)]"
+                let itemMark = migration.marks["containers[\(itemIndex)]"]
+                guard let container = plan.container(named: name) else {
+                    error(itemMark, itemPath, "unknown container \"\(name)\"; defined containers: \(list(plan.containers.map(\.name)))")
+                    continue
+                }
+                if let first = movedBy[name] {
+                    error(itemMark, itemPath,
+                          "container \"\(name)\" is in two migrations: already moved by \"\(first.migration)\" (migrations[\(first.index)])")
+                } else {
+                    movedBy[name] = (migration.name, index)
+                }
+                switch migration.flow {
+                case .stateless:
+                    if container.stateful {
+                        error(itemMark, itemPath,
+                              "container \"\(name)\" is stateful but the migration's flow is stateless: its state would be lost (use flow: stateful)")
+                    }
+                case .stateful:
+                    if !container.runtime.canCheckpoint {
+                        error(itemMark, itemPath, "container \"\(name)\" uses runtime \(container.runtime.rawValue), which cannot checkpoint")
+                    }
+                    if !container.stateful {
+                        warning(itemMark, itemPath,
+                                "container \"\(name)\" is declared stateful: false but is moved by the stateful flow (checkpoint/restore)")
+                    }
+                }
+            }
+            if migration.flow.isStateful {
+                for (field, host) in [("from", source), ("to", destination)] {
+                    guard let host, !host.runtime.checkpoint else { continue }
+                    error(migration.marks[field], "\(path).\(field)",
+                          "stateful migration \"\(migration.name)\" needs checkpoint/restore, but host \"\(host.name)\" cannot checkpoint (hosts.\(host.name).runtime.checkpoint: false)")
+                }
+            } else if migration.marks.byField["transfer"] != nil {
+                warning(migration.marks["transfer"], "\(path).transfer", "transfer options are ignored by the stateless flow (nothing is transferred)")
+            }
+            if migration.retry.maxBackoff < migration.retry.initialBackoff {
+                error(migration.retry.marks["maxBackoff"], "\(path).retry.maxBackoff",
+                      "maxBackoff (\(formatDuration(migration.retry.maxBackoff))) is shorter than initialBackoff (\(formatDuration(migration.retry.initialBackoff)))")
+            }
+        }
+
+        // Journal.
+        if let journal = plan.journal, !journal.sslmode.verifiesServer {
+            warning(journal.marks["sslmode"], "journal.sslmode",
+                    "sslmode \"\(journal.sslmode.rawValue)\" does not verify the server's certificate; use verify-ca or verify-full")
+        }
+        return out
+    }
+
+    static func kindDescription(_ kind: AlgorithmKind) -> String {
+        switch kind {
+        case .cipher: "cipher"
+        case .kex: "key exchange"
+        case .mac: "MAC"
+        case .hostKey: "host key type"
+        }
+    }
+
+    // MARK: - File checks
+
+    /// Checks of key files, known_hosts and the journal CA file, per `fileChecks`.
+    public func checkFiles(_ plan: Plan) -> (diagnostics: [Diagnostic], skipped: [String]) {
+        guard fileChecks != .never else { return ([], []) }
+        var out: [Diagnostic] = []
+        var skipped: [String] = []
+        let manager = FileManager.default
+
+        /// True when the file should be checked further.
+        func present(_ path: String, what: String, mark: Mark, fieldPath: String) -> Bool {
+            guard !path.isEmpty else { return false }
+            if manager.fileExists(atPath: path) { return true }
+            if fileChecks == .always {
+                out.append(Diagnostic(.error, at: mark, path: fieldPath, "\(what) \(path) does not exist"))
+            } else {
+                let text = "\(what) \(path) is not present here: its checks were skipped (--check-files requires it)"
+                skipped.append(text)
+                out.append(Diagnostic(.note, at: mark, path: fieldPath, text))
+            }
+            return false
+        }
+        func readable(_ path: String, what: String, mark: Mark, fieldPath: String) -> Bool {
+            if manager.isReadableFile(atPath: path) { return true }
+            out.append(Diagnostic(.error, at: mark, path: fieldPath, "\(what) \(path) is not readable"))
+            return false
+        }
+
+        for key in plan.keys {
+            let mark = key.marks["path"]
+            let fieldPath = "keys.\(key.name).path"
+            guard present(key.path, what: "key file", mark: mark, fieldPath: fieldPath),
+                  readable(key.path, what: "key file", mark: mark, fieldPath: fieldPath) else { continue }
+            if let attributes = try? manager.attributesOfItem(atPath: key.path),
+               let permissions = (attributes[.posixPermissions] as? NSNumber)?.intValue,
+               permissions & 0o077 != 0 {
+                out.append(Diagnostic(.error, at: mark, path: fieldPath,
+                                      "key file \(key.path) is accessible by group or others (mode \(String(permissions & 0o777, radix: 8))); run chmod 600 \(key.path)"))
+            }
+        }
+
+        let knownHosts = plan.ssh.knownHosts
+        let knownHostsMark = plan.ssh.marks["knownHosts"]
+        if present(knownHosts, what: "known_hosts file", mark: knownHostsMark, fieldPath: "ssh.knownHosts"),
+           readable(knownHosts, what: "known_hosts file", mark: knownHostsMark, fieldPath: "ssh.knownHosts"),
+           let text = try? String(contentsOfFile: knownHosts, encoding: .utf8) {
+            let entries = KnownHosts.parse(text)
+            for host in plan.hosts where !host.address.isEmpty {
+                let name = host.knownHostsName
+                let types = entries.filter { $0.names.contains(name) }.map(\.keyType)
+                let fieldPath = "hosts.\(host.name).address"
+                if types.isEmpty {
+                    if entries.contains(where: \.hashed) {
+                        out.append(Diagnostic(.note, at: host.marks["address"], path: fieldPath,
+                                              "\(knownHosts) has hashed entries; whether one is for \(name) was not checked"))
+                    } else {
+                        let keyscan = host.port == 22 ? "ssh-keyscan -t ed25519 \(host.address)" : "ssh-keyscan -p \(host.port) -t ed25519 \(host.address)"
+                        out.append(Diagnostic(.error, at: host.marks["address"], path: fieldPath,
+                                              "\(knownHosts) has no entry for \(name); verify the host's key and add it (e.g. \(keyscan) >> \(knownHosts))"))
+                    }
+                } else if !types.contains(where: plan.ssh.hostKeyTypes.contains) {
+                    out.append(Diagnostic(.error, at: host.marks["address"], path: fieldPath,
+                                          "\(knownHosts) lists \(name) only with \(types.joined(separator: ", ")), none of ssh.hostKeyTypes (\(plan.ssh.hostKeyTypes.joined(separator: ", ")))"))
+                }
+            }
+        }
+
+        if let journal = plan.journal, let ca = journal.sslrootcert {
+            let mark = journal.marks["sslrootcert"]
+            if present(ca, what: "CA certificate", mark: mark, fieldPath: "journal.sslrootcert") {
+                _ = readable(ca, what: "CA certificate", mark: mark, fieldPath: "journal.sslrootcert")
+            }
+        }
+        return (out, skipped)
+    }
+}
+
+/// Minimal known_hosts reader: host patterns and key types per line.
+enum KnownHosts {
+    struct Entry {
+        var names: [String]
+        var keyType: String
+        var hashed: Bool
+    }
+
+    static func parse(_ text: String) -> [Entry] {
+        text.split(whereSeparator: \.isNewline).compactMap { line in
+            var fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+            guard let first = fields.first, !first.hasPrefix("#") else { return nil }
+            if first.hasPrefix("@") {
+                if first == "@revoked" { return nil }
+                fields.removeFirst()
+            }
+            guard fields.count >= 3 else { return nil }
+            let names = fields[0].split(separator: ",").map(String.init)
+            return Entry(names: names, keyType: fields[1], hashed: fields[0].hasPrefix("|1|"))
+        }
+    }
+}

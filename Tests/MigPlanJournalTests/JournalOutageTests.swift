@@ -3,9 +3,10 @@ import Foundation
 import Testing
 
 /// Stops the lab's PostgreSQL in the middle of a run (scripts/lab pg stop) and starts it again:
-/// every record must end up in the database exactly once. Part of the serialized
-/// `JournalDatabaseTests` suite so no other journal test runs while the server is down.
-extension JournalDatabaseTests {
+/// every record must end up in the database exactly once. It disrupts the shared lab, so
+/// `scripts/test` runs `*DisruptiveTests` suites in a second, serial phase after all the others.
+@Suite(.serialized, .enabled(if: !LabDatabase.skip, "MIGPLAN_SKIP_LAB=1"), .timeLimit(.minutes(2)))
+struct JournalDisruptiveTests {
     @Test func recordsSpooledWhileTheDatabaseIsDownAreWrittenOnceWhenItIsBack() async throws {
         let schema = try await LabDatabase.freshSchema()
         let dir = JournalSpoolTests.tempDir()

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MigPlanGraph
 import MigPlanModel
 
 /// `migplan validate PLAN...`: schema, semantic and local-file checks, without connecting anywhere.
@@ -12,8 +13,10 @@ struct ValidateCommand: ParsableCommand {
         schemas/migplan-v1.schema.json) and for semantic mistakes: unknown host, key or container \
         references, duplicate names, a migration whose source is its destination, a container in \
         two migrations, SSH algorithm names libssh2 does not know, weak algorithms (refused unless \
-        ssh.allowWeakAlgorithms: true), a stateful move on a host that cannot checkpoint. All \
-        problems of a file are reported, each as
+        ssh.allowWeakAlgorithms: true), a stateful move on a host that cannot checkpoint. A plan \
+        without such problems is then compiled into its step graph (as `migplan plan` does); a \
+        compile failure (e.g. two steps or host paths colliding) is reported at the migration \
+        concerned. All problems of a file are reported, each as
 
           FILE:LINE:COLUMN: error: FIELD.PATH: message
 
@@ -61,13 +64,55 @@ struct ValidateCommand: ParsableCommand {
 
 /// Runs the validator over files (separate from the command so tests call it directly).
 struct ValidateRunner {
+    /// Compiles a plan into its step graph; the graph itself is not needed, only whether it compiles.
+    typealias Compile = @Sendable (Plan) throws(GraphError) -> Void
+
     var catalog: AlgorithmCatalog
     var checkFiles: Bool
     var options = PlanLoadOptions()
+    /// The compiler run on plans without errors (tests inject failures).
+    var compile: Compile = { plan throws(GraphError) in _ = try PlanCompiler.compile(plan) }
 
     func run(_ files: [String]) -> [ValidationReport] {
         let validator = PlanValidator(catalog: catalog, fileChecks: checkFiles ? .always : .whenPresent)
-        return files.map { validator.check(file: $0, options: options) }
+        return files.map { file in
+            var report = validator.check(file: file, options: options)
+            if report.isValid, let plan = report.plan, let diagnostic = compileDiagnostic(plan) {
+                report.diagnostics = (report.diagnostics + [diagnostic]).sortedForOutput()
+            }
+            return report
+        }
+    }
+
+    /// Compiles `plan`; on a `GraphError`, a diagnostic at the migration that makes it fail: the
+    /// first N such that migrations[0...N-1] compile and migrations[0...N] do not (a collision is
+    /// reported at the later of the two migrations). Falls back to the plan's first line.
+    func compileDiagnostic(_ plan: Plan) -> Diagnostic? {
+        let failure: GraphError
+        do {
+            try compile(plan)
+            return nil
+        } catch {
+            failure = error
+        }
+        var culprit: Int?
+        for end in plan.migrations.indices {
+            var partial = plan
+            partial.migrations = Array(plan.migrations[...end])
+            do {
+                try compile(partial)
+            } catch {
+                culprit = end
+                break
+            }
+        }
+        let mark = culprit.map { plan.migrations[$0].mark } ?? plan.mark
+        let path = culprit.map { "migrations[\($0)]" } ?? ""
+        var message = "the plan cannot be compiled into a step graph: \(failure)"
+        if case .duplicateStep = failure {
+            message += "; rename the migration or container so that step ids and host paths differ"
+        }
+        return Diagnostic(.error, at: Mark(file: plan.file, line: mark.line, column: mark.column), path: path, message)
     }
 }
 
@@ -81,7 +126,7 @@ enum ValidateOutput {
             let errors = report.diagnostics.filter { $0.severity == .error }.count
             let warnings = report.diagnostics.filter { $0.severity == .warning }.count
             let skipped = report.skippedFileChecks.count
-            var summary = "\(report.file): \(report.isValid ? "valid" : "INVALID") (\(count(errors, "error")), \(count(warnings, "warning"))"
+            var summary = "\(Diagnostic.escapingNonPrintables(report.file)): \(report.isValid ? "valid" : "INVALID") (\(count(errors, "error")), \(count(warnings, "warning"))"
             if skipped > 0 { summary += ", \(count(skipped, "file check")) skipped" }
             out += summary + ")\n"
         }

@@ -47,10 +47,36 @@ public struct Diagnostic: Sendable, Hashable, Codable, CustomStringConvertible {
 
     public var mark: Mark { Mark(file: file, line: line, column: column) }
 
-    /// `plans/x.yaml:12:5: error: hosts.instance2.key: unknown key "ops"`
+    /// `plans/x.yaml:12:5: error: hosts.instance2.key: unknown key "ops"`. Control and other
+    /// non-printable characters (e.g. an ANSI escape in a name) are shown escaped (`\u{1B}`) so a
+    /// plan cannot rewrite the terminal.
     public var description: String {
-        let location = "\(file):\(line):\(column): \(severity.rawValue): "
-        return path.isEmpty ? location + message : location + "\(path): \(message)"
+        let location = "\(Self.escapingNonPrintables(file)):\(line):\(column): \(severity.rawValue): "
+        let text = path.isEmpty ? message : "\(path): \(message)"
+        return location + Self.escapingNonPrintables(text)
+    }
+
+    /// `text` with control, format, separator and unassigned characters written as `\u{XX}`
+    /// (and `\` as `\\` when such characters were escaped, so the output stays unambiguous).
+    public static func escapingNonPrintables(_ text: String) -> String {
+        func printable(_ scalar: Unicode.Scalar) -> Bool {
+            switch scalar.properties.generalCategory {
+            case .control, .format, .lineSeparator, .paragraphSeparator, .surrogate, .privateUse, .unassigned: false
+            default: true
+            }
+        }
+        guard !text.unicodeScalars.allSatisfy(printable) else { return text }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            if scalar == "\\" {
+                out += "\\\\"
+            } else if printable(scalar) {
+                out.unicodeScalars.append(scalar)
+            } else {
+                out += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
+            }
+        }
+        return out
     }
 }
 

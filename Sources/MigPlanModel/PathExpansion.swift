@@ -1,5 +1,7 @@
 // Controller-local paths in plans: `~` and `${VAR}` expand, relative paths are relative to the plan file.
 
+import Foundation
+
 /// Why a path could not be expanded.
 public struct PathExpansionError: Error, Sendable, Hashable, CustomStringConvertible {
     public var message: String
@@ -17,7 +19,9 @@ public struct PathExpander: Sendable {
     }
 
     /// `~` / `~/x` → home, `${VAR}` → its value (unset → error naming it), then relative →
-    /// `base/relative`, lexically normalised (`.` and `..` removed).
+    /// `base/relative`, normalised: `.` and empty components removed, `..` removed together with
+    /// the component before it, after that component is resolved if it is a symbolic link (so
+    /// `link/..` is the parent of the link's target, as the kernel sees it).
     public func expand(_ raw: String, relativeTo base: String) throws(PathExpansionError) -> String {
         var path = raw
         if path == "~" || path.hasPrefix("~/") {
@@ -31,7 +35,34 @@ public struct PathExpander: Sendable {
         path = try expandVariables(path)
         if path.isEmpty { throw PathExpansionError(message: "the path is empty after expansion") }
         if !path.hasPrefix("/") { path = base + "/" + path }
-        return Self.normalize(path)
+        return Self.normalizeFollowingSymlinks(path)
+    }
+
+    /// How diagnostics show a controller path: as written when it uses `${VAR}` (the variable's
+    /// value may be a secret, e.g. a password variable used by mistake), else the resolved path.
+    public static func displayForm(written: String, resolved: String) -> String {
+        written.contains("${") ? written : resolved
+    }
+
+    /// Normalises an absolute path; before `..` drops a component, a component that is a
+    /// symbolic link is replaced by its target (`realpath`).
+    public static func normalizeFollowingSymlinks(_ path: String) -> String {
+        var parts: [Substring] = []
+        for part in path.split(separator: "/", omittingEmptySubsequences: true) {
+            if part == "." { continue }
+            if part == ".." {
+                let prefix = "/" + parts.joined(separator: "/")
+                if !parts.isEmpty, (try? FileManager.default.destinationOfSymbolicLink(atPath: prefix)) != nil,
+                   let real = realpath(prefix, nil) {
+                    parts = String(cString: real).split(separator: "/", omittingEmptySubsequences: true)
+                    free(real)
+                }
+                if !parts.isEmpty { parts.removeLast() }
+                continue
+            }
+            parts.append(part)
+        }
+        return "/" + parts.joined(separator: "/")
     }
 
     /// Replaces every `${NAME}`; `$` not followed by `{` stays literal.
@@ -71,7 +102,7 @@ public struct PathExpander: Sendable {
         return name.unicodeScalars.allSatisfy { $0 == "_" || ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) }
     }
 
-    /// Lexical normalisation of an absolute path.
+    /// Lexical normalisation of an absolute path (does not look at symbolic links).
     public static func normalize(_ path: String) -> String {
         var parts: [Substring] = []
         for part in path.split(separator: "/", omittingEmptySubsequences: true) {

@@ -118,6 +118,8 @@ public struct SSHSettings: Sendable, Hashable, Codable {
     public var keepalive: Duration
     /// When true, weak algorithms are warnings instead of errors (never recommended).
     public var allowWeakAlgorithms: Bool
+    /// `knownHosts` as diagnostics may show it (`${VAR}` unexpanded); nil = `knownHosts`.
+    public var knownHostsForDisplay: String?
     public var marks: FieldMarks
 
     public init(ciphers: [String] = SSHSettings.defaultCiphers, kex: [String] = SSHSettings.defaultKex,
@@ -172,6 +174,9 @@ public struct Key: Sendable, Hashable, Codable {
     /// NAME of the environment variable holding the passphrase (never the passphrase itself);
     /// nil for a key without passphrase.
     public var passphraseEnv: String?
+    /// `path` as diagnostics may show it: as written when it uses `${VAR}` (whose value may be a
+    /// secret), else the resolved path. nil = `path`.
+    public var pathForDisplay: String?
     public var marks: FieldMarks
 
     public init(name: String, path: String, passphraseEnv: String? = nil, marks: FieldMarks) {
@@ -275,6 +280,8 @@ public struct Journal: Sendable, Hashable, Codable {
     /// NAME of the environment variable holding the password (never the password), or nil.
     public var passwordEnv: String?
     public var connectTimeout: Duration
+    /// `sslrootcert` as diagnostics may show it (`${VAR}` unexpanded); nil = `sslrootcert`.
+    public var sslrootcertForDisplay: String?
     public var marks: FieldMarks
 
     public init(host: String, port: Int = Journal.defaultPort, dbname: String, user: String,
@@ -451,6 +458,8 @@ public struct RetryPolicy: Sendable, Hashable, Codable {
     public static let defaultAttempts = 3
     public static let defaultInitialBackoff: Duration = .seconds(1)
     public static let defaultMaxBackoff: Duration = .seconds(30)
+    /// The shortest backoff a plan may ask for (0s with 100 attempts would be a hot loop).
+    public static let minimumBackoff: Duration = .milliseconds(100)
 
     /// Total attempts including the first (1 = no retry).
     public var attempts: Int

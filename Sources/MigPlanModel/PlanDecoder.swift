@@ -4,7 +4,10 @@
 // file are reported. The rules here mirror `schemas/migplan-v1.schema.json` one for one.
 
 /// Names of hosts, keys, containers, migrations and the plan: letters, digits, `_`, `.`, `-`.
-let namePattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+let namePattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}(?!\\n)$"
+
+/// The host name step locations use for the machine running migplan; plans cannot define it.
+public let reservedHostName = "controller"
 
 func isValidName(_ name: String) -> Bool {
     guard (1...63).contains(name.utf8.count), let first = name.unicodeScalars.first, isAlnum(first) else { return false }
@@ -185,10 +188,14 @@ struct PlanDecoder {
         return value
     }
 
-    mutating func duration(_ node: YNode, _ path: String, allowZero: Bool) -> Duration? {
+    mutating func duration(_ node: YNode, _ path: String, allowZero: Bool, minimum: Duration? = nil) -> Duration? {
         guard let text = string(node, path) else { return nil }
         guard let duration = parseDuration(text) else {
             error(node, path, "\"\(text)\" is not a duration; write e.g. 500ms, 10s, 2m, 1h")
+            return nil
+        }
+        if let minimum, duration < minimum {
+            error(node, path, "must be at least \(formatDuration(minimum)) (shorter waits make a hot retry loop)")
             return nil
         }
         if !allowZero, duration == .zero {
@@ -225,10 +232,12 @@ struct PlanDecoder {
         return ok ? values : nil
     }
 
-    mutating func localPath(_ node: YNode, _ path: String) -> String? {
+    /// A controller-local path: resolved, and how diagnostics may show it (`${VAR}` unexpanded).
+    mutating func localPath(_ node: YNode, _ path: String) -> (resolved: String, display: String)? {
         guard let raw = string(node, path, pattern: .nonEmpty) else { return nil }
         do {
-            return try expander.expand(raw, relativeTo: directory)
+            let resolved = try expander.expand(raw, relativeTo: directory)
+            return (resolved, PathExpander.displayForm(written: raw, resolved: resolved))
         } catch {
             self.error(node, path, error.message)
             return nil
@@ -289,7 +298,10 @@ struct PlanDecoder {
                 }
             }
         }
-        if let value = f["knownHosts"]?.value, let resolved = localPath(value, "ssh.knownHosts") { ssh.knownHosts = resolved }
+        if let value = f["knownHosts"]?.value, let resolved = localPath(value, "ssh.knownHosts") {
+            ssh.knownHosts = resolved.resolved
+            ssh.knownHostsForDisplay = resolved.display
+        }
         if let value = f["connectTimeout"]?.value, let d = duration(value, "ssh.connectTimeout", allowZero: false) { ssh.connectTimeout = d }
         if let value = f["keepalive"]?.value, let d = duration(value, "ssh.keepalive", allowZero: true) { ssh.keepalive = d }
         if let value = f["allowWeakAlgorithms"]?.value, let b = bool(value, "ssh.allowWeakAlgorithms") { ssh.allowWeakAlgorithms = b }
@@ -304,7 +316,10 @@ struct PlanDecoder {
             var key = Key(name: pair.key, path: "", marks: marks)
             guard let f = fields(pair.value, path, allowed: ["path", "passphraseEnv"], required: ["path"]) else { return key }
             for (k, p) in f { marks.byField[k] = mark(p.value) }
-            if let value = f["path"]?.value, let resolved = localPath(value, "\(path).path") { key.path = resolved }
+            if let value = f["path"]?.value, let resolved = localPath(value, "\(path).path") {
+                key.path = resolved.resolved
+                key.pathForDisplay = resolved.display
+            }
             if let value = f["passphraseEnv"]?.value { key.passphraseEnv = string(value, "\(path).passphraseEnv", pattern: .environmentName) }
             key.marks = marks
             return key
@@ -314,6 +329,10 @@ struct PlanDecoder {
     mutating func decodeHosts(_ node: YNode) -> [Host] {
         namedEntries(node, "hosts", what: "host").map { pair in
             let path = "hosts.\(pair.key)"
+            if pair.key == reservedHostName {
+                diagnostics.append(Diagnostic(.error, at: mark(pair), path: path,
+                                              "the host name \"\(reservedHostName)\" is reserved for the machine running migplan (step locations use it); choose another name"))
+            }
             var marks = FieldMarks(node: mark(pair))
             var host = Host(name: pair.key, address: "", key: "", marks: marks)
             guard let f = fields(pair.value, path, allowed: ["address", "port", "user", "key", "runtime"],
@@ -327,10 +346,10 @@ struct PlanDecoder {
                 let runtimePath = "\(path).runtime"
                 if let r = fields(value, runtimePath, allowed: ["runcRoot", "dockerHost", "cgroupParent", "workDir", "checkpoint"], required: []) {
                     for (k, p) in r { marks.byField["runtime.\(k)"] = mark(p.value) }
-                    if let v = r["runcRoot"]?.value { host.runtime.runcRoot = string(v, "\(runtimePath).runcRoot", pattern: .absolutePath) }
+                    if let v = r["runcRoot"]?.value { host.runtime.runcRoot = string(v, "\(runtimePath).runcRoot", pattern: .hostDirectory) }
                     if let v = r["dockerHost"]?.value { host.runtime.dockerHost = string(v, "\(runtimePath).dockerHost", pattern: .dockerHost) }
-                    if let v = r["cgroupParent"]?.value { host.runtime.cgroupParent = string(v, "\(runtimePath).cgroupParent", pattern: .nonEmpty) }
-                    if let v = r["workDir"]?.value, let s = string(v, "\(runtimePath).workDir", pattern: .absolutePath) { host.runtime.workDir = s }
+                    if let v = r["cgroupParent"]?.value { host.runtime.cgroupParent = string(v, "\(runtimePath).cgroupParent", pattern: .cgroupParent) }
+                    if let v = r["workDir"]?.value, let s = string(v, "\(runtimePath).workDir", pattern: .hostDirectory) { host.runtime.workDir = s }
                     if let v = r["checkpoint"]?.value, let b = bool(v, "\(runtimePath).checkpoint") { host.runtime.checkpoint = b }
                 }
             }
@@ -354,7 +373,10 @@ struct PlanDecoder {
         if let v = f["sslmode"]?.value, let s = enumeration(v, "journal.sslmode", SSLMode.allCases.map(\.rawValue)) {
             journal.sslmode = SSLMode(rawValue: s) ?? Journal.defaultSSLMode
         }
-        if let v = f["sslrootcert"]?.value { journal.sslrootcert = localPath(v, "journal.sslrootcert") }
+        if let v = f["sslrootcert"]?.value, let resolved = localPath(v, "journal.sslrootcert") {
+            journal.sslrootcert = resolved.resolved
+            journal.sslrootcertForDisplay = resolved.display
+        }
         if let v = f["passwordEnv"]?.value { journal.passwordEnv = string(v, "journal.passwordEnv", pattern: .environmentName) }
         if let v = f["connectTimeout"]?.value, let d = duration(v, "journal.connectTimeout", allowZero: false) { journal.connectTimeout = d }
         journal.marks = marks
@@ -375,7 +397,7 @@ struct PlanDecoder {
                 runtime = Runtime(rawValue: s)
             }
             var bundle: String?
-            if let v = f["bundle"]?.value { bundle = string(v, "\(path).bundle", pattern: .absolutePath) }
+            if let v = f["bundle"]?.value { bundle = string(v, "\(path).bundle", pattern: .hostDirectory) }
             var image: String?
             if let v = f["image"]?.value { image = string(v, "\(path).image", pattern: .image) }
             switch runtime {
@@ -516,8 +538,8 @@ struct PlanDecoder {
         guard let f = fields(node, path, allowed: ["attempts", "initialBackoff", "maxBackoff"], required: []) else { return retry }
         for (k, p) in f { marks.byField[k] = mark(p.value) }
         if let v = f["attempts"]?.value, let n = int(v, "\(path).attempts", range: 1...100) { retry.attempts = n }
-        if let v = f["initialBackoff"]?.value, let d = duration(v, "\(path).initialBackoff", allowZero: true) { retry.initialBackoff = d }
-        if let v = f["maxBackoff"]?.value, let d = duration(v, "\(path).maxBackoff", allowZero: true) { retry.maxBackoff = d }
+        if let v = f["initialBackoff"]?.value, let d = duration(v, "\(path).initialBackoff", allowZero: false, minimum: RetryPolicy.minimumBackoff) { retry.initialBackoff = d }
+        if let v = f["maxBackoff"]?.value, let d = duration(v, "\(path).maxBackoff", allowZero: false, minimum: RetryPolicy.minimumBackoff) { retry.maxBackoff = d }
         retry.marks = marks
         return retry
     }
@@ -525,7 +547,7 @@ struct PlanDecoder {
 
 /// String shapes the schema constrains with `pattern` / `minLength`.
 enum StringRule {
-    case any, nonEmpty, name, environmentName, address, user, absolutePath, dockerHost, image, algorithm
+    case any, nonEmpty, name, environmentName, address, user, hostDirectory, cgroupParent, dockerHost, image, algorithm
 
     func problem(_ value: String) -> String? {
         let scalars = value.unicodeScalars
@@ -540,19 +562,24 @@ enum StringRule {
             return isValidName(value) ? nil
                 : "invalid name \"\(value)\": use 1-63 letters, digits, '_', '.', '-', starting with a letter or digit"
         case .environmentName:
+            // Never echo the value: a value that is not a variable name is most likely the secret itself.
             return PathExpander.isVariableName(value) ? nil
-                : "\"\(value)\" is not an environment variable name (letters, digits, '_'; not starting with a digit); write the variable's NAME, never the secret"
+                : "not an environment variable name (letters, digits, '_'; not starting with a digit); write the variable's NAME, never the secret (the value is not shown)"
         case .address:
-            return only { alnum($0) || $0 == "." || $0 == ":" || $0 == "-" } ? nil
+            return only { alnum($0) || $0 == "." || $0 == ":" || $0 == "-" } && scalars.first != "-" && scalars.first != "." ? nil
                 : "\"\(value)\" is not an IP address or host name"
         case .user:
             return only { alnum($0) || $0 == "_" || $0 == "." || $0 == "-" } && scalars.first != "-" ? nil
                 : "\"\(value)\" is not a user name"
-        case .absolutePath:
-            return value.hasPrefix("/") ? nil : "\"\(value)\" must be an absolute path on the host (starting with /)"
+        case .hostDirectory:
+            return hostPathProblem(value)
+        case .cgroupParent:
+            let components = value.split(separator: "/", omittingEmptySubsequences: false)
+            return only { alnum($0) || "._/:@-".unicodeScalars.contains($0) } && !components.contains { $0 == "." || $0 == ".." } ? nil
+                : "\"\(value)\" is not a cgroup parent (letters, digits, '.', '_', '/', ':', '@', '-'; no . or .. components)"
         case .dockerHost:
-            return ["unix:///", "tcp://", "ssh://", "fd://"].contains { value.hasPrefix($0) } ? nil
-                : "\"\(value)\" is not a docker host (unix:///path, tcp://host:port, ssh://..., fd://)"
+            return ["unix:///", "tcp://", "ssh://", "fd://"].contains { value.hasPrefix($0) } && scalars.allSatisfy({ (0x21...0x7E).contains($0.value) }) ? nil
+                : "\"\(value)\" is not a docker host (unix:///path, tcp://host:port, ssh://..., fd://; no spaces or control characters)"
         case .image:
             return only { alnum($0) || "._-/:@".unicodeScalars.contains($0) } && alnum(scalars.first!) ? nil
                 : "\"\(value)\" is not an image reference (e.g. migplan/face:latest)"
@@ -561,4 +588,38 @@ enum StringRule {
                 : "\"\(value)\" is not an SSH algorithm name"
         }
     }
+}
+
+/// Directories on hosts that must never be a container's bundle, a runc root or migplan's work
+/// directory: migplan creates and deletes (`rm -rf`) files below these paths.
+public let forbiddenHostDirectories: Set<String> = [
+    "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt", "/opt",
+    "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local",
+    "/usr/sbin", "/usr/share", "/var", "/var/lib", "/var/log", "/var/run", "/var/tmp",
+]
+
+/// Why `value` is not acceptable as a directory on a host (bundle, runcRoot, workDir), or nil.
+/// The rule (mirrored by the schema's `hostDirectory`): absolute, made of `/`-separated components
+/// of letters, digits, `.`, `_`, `-`; no empty (`//`, trailing `/`), `.` or `..` component; not `/`
+/// nor a system directory (`forbiddenHostDirectories`). These paths reach shell commands and `rm -rf`.
+func hostPathProblem(_ value: String) -> String? {
+    func allowed(_ s: Unicode.Scalar) -> Bool {
+        ("a"..."z").contains(s) || ("A"..."Z").contains(s) || ("0"..."9").contains(s) || s == "." || s == "_" || s == "-"
+    }
+    guard value.hasPrefix("/") else { return "\"\(value)\" must be an absolute path on the host (starting with /)" }
+    if value == "/" { return "\"/\" is not allowed: migplan creates and removes files below this directory" }
+    let components = value.dropFirst().split(separator: "/", omittingEmptySubsequences: false)
+    if !components.allSatisfy({ $0.unicodeScalars.allSatisfy(allowed) }) {
+        return "\"\(value)\" is not a plain host path: use letters, digits, '.', '_', '-' between slashes (no spaces, quotes or shell characters)"
+    }
+    if components.contains(where: \.isEmpty) {
+        return "\"\(value)\" has an empty component (// or a trailing /); write the path without them"
+    }
+    if components.contains(where: { $0 == "." || $0 == ".." }) {
+        return "\"\(value)\" has a . or .. component; write the path without them"
+    }
+    if forbiddenHostDirectories.contains(value) {
+        return "\"\(value)\" is a system directory: migplan creates and removes files below this directory; use a directory of its own, e.g. /var/lib/migplan"
+    }
+    return nil
 }

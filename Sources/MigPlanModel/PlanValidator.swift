@@ -1,6 +1,7 @@
 // Semantic checks of a decoded plan, and checks of the controller's local files.
 
 import Foundation
+import MigPlanBasics
 
 /// When to check the controller's local files (keys, known_hosts, CA certificate).
 public enum FileCheckMode: Sendable, Hashable {
@@ -97,6 +98,10 @@ public struct PlanValidator: Sendable {
             for name in container.replicaNames { instanceOwner[name] = container }
         }
         for container in plan.containers {
+            if container.runtime == .docker, container.replicas == 1, container.name.unicodeScalars.count < 2 {
+                error(container.mark, "containers.\(container.name)",
+                      "docker container names need at least 2 characters; \"\(container.name)\" would be refused by dockerd")
+            }
             if let owner = instanceOwner[container.name], owner.name != container.name {
                 error(container.mark, "containers.\(container.name)",
                       "duplicate name: \"\(container.name)\" is also the name of a replica of container \"\(owner.name)\" (replicas: \(owner.replicas))")
@@ -129,6 +134,10 @@ public struct PlanValidator: Sendable {
             } else if let source, let destination, source.knownHostsName == destination.knownHostsName, !source.address.isEmpty {
                 error(migration.marks["to"], "\(path).to",
                       "hosts \"\(source.name)\" and \"\(destination.name)\" are the same machine (\(source.knownHostsName))")
+            } else if let source, let destination, !source.address.isEmpty,
+                      source.address.lowercased() == destination.address.lowercased() {
+                warning(migration.marks["to"], "\(path).to",
+                        "hosts \"\(source.name)\" and \"\(destination.name)\" have the same address \(source.address) (ports \(source.port) and \(destination.port)): probably the same machine, so the container would not move")
             }
             for (itemIndex, name) in migration.containers.enumerated() {
                 let itemPath = "\(path).containers[\(itemIndex)]"
@@ -182,6 +191,16 @@ public struct PlanValidator: Sendable {
         return out
     }
 
+    /// A path or address as one word of a command the user may copy: single-quoted when needed;
+    /// a path written with `${VAR}` in double quotes so the shell expands the variable as migplan did.
+    static func shellWord(_ text: String) -> String {
+        if text.contains("${"), !text.contains(where: { "\"`\\".contains($0) }),
+           !text.replacingOccurrences(of: "${", with: "").contains("$") {
+            return "\"" + text + "\""
+        }
+        return ShellQuote.quote(text)
+    }
+
     static func kindDescription(_ kind: AlgorithmKind) -> String {
         switch kind {
         case .cipher: "cipher"
@@ -200,93 +219,178 @@ public struct PlanValidator: Sendable {
         var skipped: [String] = []
         let manager = FileManager.default
 
+        // Paths appear in messages as `shown` (`${VAR}` unexpanded: its value may be a secret).
         /// True when the file should be checked further.
-        func present(_ path: String, what: String, mark: Mark, fieldPath: String) -> Bool {
+        func present(_ path: String, shown: String, what: String, mark: Mark, fieldPath: String) -> Bool {
             guard !path.isEmpty else { return false }
             if manager.fileExists(atPath: path) { return true }
             if fileChecks == .always {
-                out.append(Diagnostic(.error, at: mark, path: fieldPath, "\(what) \(path) does not exist"))
+                out.append(Diagnostic(.error, at: mark, path: fieldPath, "\(what) \(shown) does not exist"))
             } else {
-                let text = "\(what) \(path) is not present here: its checks were skipped (--check-files requires it)"
+                let text = "\(what) \(shown) is not present here: its checks were skipped (--check-files requires it)"
                 skipped.append(text)
                 out.append(Diagnostic(.note, at: mark, path: fieldPath, text))
             }
             return false
         }
-        func readable(_ path: String, what: String, mark: Mark, fieldPath: String) -> Bool {
+        func readable(_ path: String, shown: String, what: String, mark: Mark, fieldPath: String) -> Bool {
             if manager.isReadableFile(atPath: path) { return true }
-            out.append(Diagnostic(.error, at: mark, path: fieldPath, "\(what) \(path) is not readable"))
+            out.append(Diagnostic(.error, at: mark, path: fieldPath, "\(what) \(shown) is not readable"))
             return false
         }
 
         for key in plan.keys {
             let mark = key.marks["path"]
             let fieldPath = "keys.\(key.name).path"
-            guard present(key.path, what: "key file", mark: mark, fieldPath: fieldPath),
-                  readable(key.path, what: "key file", mark: mark, fieldPath: fieldPath) else { continue }
-            if let attributes = try? manager.attributesOfItem(atPath: key.path),
-               let permissions = (attributes[.posixPermissions] as? NSNumber)?.intValue,
-               permissions & 0o077 != 0 {
+            let shown = key.pathForDisplay ?? key.path
+            guard present(key.path, shown: shown, what: "key file", mark: mark, fieldPath: fieldPath),
+                  readable(key.path, shown: shown, what: "key file", mark: mark, fieldPath: fieldPath) else { continue }
+            // stat(2) follows symbolic links: the mode and owner of the key itself, not of a link to it.
+            var info = stat()
+            guard stat(key.path, &info) == 0 else { continue }
+            let permissions = Int(info.st_mode) & 0o777
+            if permissions & 0o077 != 0 {
                 out.append(Diagnostic(.error, at: mark, path: fieldPath,
-                                      "key file \(key.path) is accessible by group or others (mode \(String(permissions & 0o777, radix: 8))); run chmod 600 \(key.path)"))
+                                      "key file \(shown) is accessible by group or others (mode \(String(permissions, radix: 8))); run chmod 600 \(Self.shellWord(shown))"))
+            }
+            let user = geteuid()
+            if info.st_uid != user {
+                out.append(Diagnostic(.error, at: mark, path: fieldPath,
+                                      "key file \(shown) is owned by uid \(info.st_uid), not by the user running migplan (uid \(user)); whoever owns it can replace the key: run chown \(user) \(Self.shellWord(shown))"))
             }
         }
 
         let knownHosts = plan.ssh.knownHosts
+        let knownHostsShown = plan.ssh.knownHostsForDisplay ?? knownHosts
         let knownHostsMark = plan.ssh.marks["knownHosts"]
-        if present(knownHosts, what: "known_hosts file", mark: knownHostsMark, fieldPath: "ssh.knownHosts"),
-           readable(knownHosts, what: "known_hosts file", mark: knownHostsMark, fieldPath: "ssh.knownHosts"),
+        if present(knownHosts, shown: knownHostsShown, what: "known_hosts file", mark: knownHostsMark, fieldPath: "ssh.knownHosts"),
+           readable(knownHosts, shown: knownHostsShown, what: "known_hosts file", mark: knownHostsMark, fieldPath: "ssh.knownHosts"),
            let text = try? String(contentsOfFile: knownHosts, encoding: .utf8) {
-            let entries = KnownHosts.parse(text)
+            let file = KnownHosts.parse(text)
             for host in plan.hosts where !host.address.isEmpty {
                 let name = host.knownHostsName
-                let types = entries.filter { $0.names.contains(name) }.map(\.keyType)
+                let types = file.entries(for: name).map(\.keyType)
                 let fieldPath = "hosts.\(host.name).address"
-                if types.isEmpty {
-                    if entries.contains(where: \.hashed) {
+                if types.isEmpty, file.onlyRevoked(for: name) {
+                    out.append(Diagnostic(.error, at: host.marks["address"], path: fieldPath,
+                                          "every key \(knownHostsShown) lists for \(name) is marked @revoked; verify the host's new key and add it"))
+                } else if types.isEmpty {
+                    if file.hasHashedEntries {
                         out.append(Diagnostic(.note, at: host.marks["address"], path: fieldPath,
-                                              "\(knownHosts) has hashed entries; whether one is for \(name) was not checked"))
+                                              "\(knownHostsShown) has hashed entries; whether one is for \(name) was not checked"))
                     } else {
-                        let keyscan = host.port == 22 ? "ssh-keyscan -t ed25519 \(host.address)" : "ssh-keyscan -p \(host.port) -t ed25519 \(host.address)"
+                        let keyscan = host.port == 22 ? "ssh-keyscan -t ed25519 \(Self.shellWord(host.address))"
+                            : "ssh-keyscan -p \(host.port) -t ed25519 \(Self.shellWord(host.address))"
                         out.append(Diagnostic(.error, at: host.marks["address"], path: fieldPath,
-                                              "\(knownHosts) has no entry for \(name); verify the host's key and add it (e.g. \(keyscan) >> \(knownHosts))"))
+                                              "\(knownHostsShown) has no entry for \(name); verify the host's key and add it (e.g. \(keyscan) >> \(Self.shellWord(knownHostsShown)))"))
                     }
                 } else if !types.contains(where: plan.ssh.hostKeyTypes.contains) {
                     out.append(Diagnostic(.error, at: host.marks["address"], path: fieldPath,
-                                          "\(knownHosts) lists \(name) only with \(types.joined(separator: ", ")), none of ssh.hostKeyTypes (\(plan.ssh.hostKeyTypes.joined(separator: ", ")))"))
+                                          "\(knownHostsShown) lists \(name) only with \(types.joined(separator: ", ")), none of ssh.hostKeyTypes (\(plan.ssh.hostKeyTypes.joined(separator: ", ")))"))
                 }
             }
         }
 
         if let journal = plan.journal, let ca = journal.sslrootcert {
             let mark = journal.marks["sslrootcert"]
-            if present(ca, what: "CA certificate", mark: mark, fieldPath: "journal.sslrootcert") {
-                _ = readable(ca, what: "CA certificate", mark: mark, fieldPath: "journal.sslrootcert")
+            let shown = journal.sslrootcertForDisplay ?? ca
+            if present(ca, shown: shown, what: "CA certificate", mark: mark, fieldPath: "journal.sslrootcert") {
+                _ = readable(ca, shown: shown, what: "CA certificate", mark: mark, fieldPath: "journal.sslrootcert")
             }
         }
         return (out, skipped)
     }
 }
 
-/// Minimal known_hosts reader: host patterns and key types per line.
+/// A small known_hosts reader: host patterns (with `*`, `?` and `!` negation, as OpenSSH matches
+/// them), key type and key per line; `@revoked` keys are collected apart and `@cert-authority`
+/// lines are ignored (a CA key is not the host's key; migplan does not use host certificates).
 enum KnownHosts {
     struct Entry {
-        var names: [String]
+        var patterns: [String]
         var keyType: String
+        var key: String
         var hashed: Bool
     }
 
-    static func parse(_ text: String) -> [Entry] {
-        text.split(whereSeparator: \.isNewline).compactMap { line in
+    struct File {
+        var entries: [Entry]
+        var revoked: [Entry]
+
+        /// Entries for `name` (`addr` or `[addr]:port`) whose key is not revoked.
+        func entries(for name: String) -> [Entry] {
+            let revokedKeys = Set(revoked.map(\.key))
+            return entries.filter { KnownHosts.matches(name, $0.patterns) && !revokedKeys.contains($0.key) }
+        }
+
+        /// True when some entry lists `name` but all of its keys are revoked.
+        func onlyRevoked(for name: String) -> Bool {
+            let revokedKeys = Set(revoked.map(\.key))
+            let all = entries.filter { KnownHosts.matches(name, $0.patterns) }
+            return !all.isEmpty && all.allSatisfy { revokedKeys.contains($0.key) }
+        }
+
+        var hasHashedEntries: Bool { entries.contains(where: \.hashed) }
+    }
+
+    static func parse(_ text: String) -> File {
+        var file = File(entries: [], revoked: [])
+        for line in text.split(whereSeparator: \.isNewline) {
             var fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
-            guard let first = fields.first, !first.hasPrefix("#") else { return nil }
+            guard let first = fields.first, !first.hasPrefix("#") else { continue }
+            var marker: String?
             if first.hasPrefix("@") {
-                if first == "@revoked" { return nil }
+                marker = first
                 fields.removeFirst()
             }
-            guard fields.count >= 3 else { return nil }
-            let names = fields[0].split(separator: ",").map(String.init)
-            return Entry(names: names, keyType: fields[1], hashed: fields[0].hasPrefix("|1|"))
+            guard fields.count >= 3 else { continue }
+            let entry = Entry(patterns: fields[0].split(separator: ",").map(String.init), keyType: fields[1],
+                              key: fields[2], hashed: fields[0].hasPrefix("|1|"))
+            switch marker {
+            case nil: file.entries.append(entry)
+            case "@revoked": file.revoked.append(entry)
+            default: continue // @cert-authority and unknown markers
+            }
         }
+        return file
+    }
+
+    /// OpenSSH's rule: a negated pattern (`!pat`) that matches excludes the line; otherwise any
+    /// matching pattern includes it. Patterns compare case-insensitively.
+    static func matches(_ name: String, _ patterns: [String]) -> Bool {
+        var matched = false
+        let lowered = name.lowercased()
+        for pattern in patterns {
+            if pattern.hasPrefix("!") {
+                if wildcard(Array(pattern.dropFirst().lowercased()), Array(lowered)) { return false }
+            } else if wildcard(Array(pattern.lowercased()), Array(lowered)) {
+                matched = true
+            }
+        }
+        return matched
+    }
+
+    /// `*` (any run) and `?` (one character) matching.
+    static func wildcard(_ pattern: [Character], _ text: [Character]) -> Bool {
+        var p = 0, t = 0
+        var star: Int?, mark = 0
+        while t < text.count {
+            if p < pattern.count, pattern[p] == "?" || pattern[p] == text[t] {
+                p += 1
+                t += 1
+            } else if p < pattern.count, pattern[p] == "*" {
+                star = p
+                mark = t
+                p += 1
+            } else if let s = star {
+                p = s + 1
+                mark += 1
+                t = mark
+            } else {
+                return false
+            }
+        }
+        while p < pattern.count, pattern[p] == "*" { p += 1 }
+        return p == pattern.count
     }
 }

@@ -19,6 +19,10 @@ struct PlanCommand: ParsableCommand {
         Formats: text (readable, the default), json (stable, versioned: "formatVersion": 1), \
         dot (Graphviz: migplan plan --format dot PLAN | dot -Tsvg > graph.svg).
 
+        With --format json, an invalid plan or a graph error is printed on stdout as JSON too, in \
+        the form of migplan validate --format json ({"formatVersion": 1, "valid": false, \
+        "diagnostics": [...]}).
+
         Exit status: 0 compiled, 1 invalid plan (or a graph error such as a cycle), 2 usage error.
         """
     )
@@ -46,8 +50,12 @@ struct PlanCommand: ParsableCommand {
         case .success(let output):
             FileHandle.standardError.write(Data(output.warnings.map { $0 + "\n" }.joined().utf8))
             print(output.text, terminator: "")
-        case .failure(let messages):
-            FileHandle.standardError.write(Data(messages.map { $0 + "\n" }.joined().utf8))
+        case .failure(let messages, let diagnostics):
+            if format == .json {
+                print(StepGraph.failureJSON(diagnostics: diagnostics), terminator: "")
+            } else {
+                FileHandle.standardError.write(Data(messages.map { $0 + "\n" }.joined().utf8))
+            }
             throw ExitCode(MigPlanExit.failure)
         }
     }
@@ -63,22 +71,24 @@ enum PlanRenderer {
 
     enum Result: Sendable {
         case success(Output)
-        /// Diagnostics or the graph error, one line each.
-        case failure([String])
+        /// Diagnostics or the graph error, one line each, and as diagnostics (for JSON).
+        case failure([String], [Diagnostic])
     }
 
     static func render(file: String, format: GraphFormat, catalog: AlgorithmCatalog,
                        options: PlanLoadOptions = PlanLoadOptions()) -> Result {
         let report = PlanValidator(catalog: catalog, fileChecks: .never).check(file: file, options: options)
-        let shown = report.diagnostics.filter { $0.severity != .note }.map(\.description)
+        let diagnostics = report.diagnostics.filter { $0.severity != .note }
+        let shown = diagnostics.map(\.description)
         guard let plan = report.plan, report.isValid else {
-            return .failure(shown + ["\(file): invalid plan; nothing compiled"])
+            return .failure(shown + ["\(file): invalid plan; nothing compiled"], diagnostics)
         }
         do {
             let graph = try PlanCompiler.compile(plan)
             return .success(Output(text: graph.rendered(as: format), warnings: shown))
         } catch {
-            return .failure(["\(file): error: \(error)"])
+            let diagnostic = PlanCompiler.diagnostic(for: error, in: plan)
+            return .failure(shown + [diagnostic.description], diagnostics + [diagnostic])
         }
     }
 }

@@ -29,12 +29,15 @@ public struct StepFailure: Sendable, Hashable, CustomStringConvertible {
     public var retryable: Bool
     public var attempts: Int
     public var timedOut: Bool
+    /// The last attempt timed out and did not stop when cancelled: what it did is unknown.
+    public var effectUnknown: Bool
 
-    public init(message: String, retryable: Bool, attempts: Int, timedOut: Bool = false) {
+    public init(message: String, retryable: Bool, attempts: Int, timedOut: Bool = false, effectUnknown: Bool = false) {
         self.message = message
         self.retryable = retryable
         self.attempts = attempts
         self.timedOut = timedOut
+        self.effectUnknown = effectUnknown
     }
 
     public var description: String {
@@ -77,7 +80,8 @@ public enum ExecutionEvent: Sendable, Hashable {
     /// An attempt failed; `retryAfter` is the backoff before the next attempt, nil if none follows.
     case attemptFailed(StepID, attempt: Int, message: String, retryable: Bool, retryAfter: Duration?)
     case progress(StepID, bytes: Int64, total: Int64?)
-    /// A step a resumed run had completed, whose probe no longer sees its effect; not re-done.
+    /// A step a resumed run had completed, whose probe no longer sees its effect: redone when it is
+    /// idempotent by probe, else it fails.
     case resumedStepNotConfirmed(StepID)
     case stepFinished(StepID, outcome: StepOutcome, outputs: [String: String], duration: Duration)
     case stopRequested

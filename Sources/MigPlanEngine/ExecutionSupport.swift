@@ -95,12 +95,26 @@ public final class StopSignal: @unchecked Sendable {
     }
 }
 
-/// An attempt that ran past the step's timeout. Retryable.
+/// An attempt that ran past the step's timeout. Retryable when the attempt stopped once cancelled;
+/// when it did not (`abandoned`), its effect is unknown and it may still be running: not retried,
+/// and the step counts as failed after acting (armed rollbacks run; their steps are guarded by probes).
 public struct StepTimeoutError: Error, RetryClassifiable, CustomStringConvertible {
     public var step: StepID
     public var timeout: Duration
-    public var isRetryable: Bool { true }
-    public var description: String { "step \(step) timed out after \(timeout)" }
+    /// The attempt did not stop within the grace period after being cancelled.
+    public var abandoned: Bool
+
+    public init(step: StepID, timeout: Duration, abandoned: Bool = false) {
+        self.step = step
+        self.timeout = timeout
+        self.abandoned = abandoned
+    }
+
+    public var isRetryable: Bool { !abandoned }
+    public var description: String {
+        "step \(step) timed out after \(timeout)"
+            + (abandoned ? " and did not stop when cancelled: its effect is unknown" : "")
+    }
 }
 
 /// A previous run's state, for `--resume`: steps it completed (with their outputs) and rollback
@@ -126,14 +140,17 @@ public struct ExecutionOptions: Sendable {
     public var parallelism: Int
     /// Timeout of one attempt for steps whose graph entry has none (nil: unbounded).
     public var defaultTimeout: Duration?
+    /// How long a timed-out attempt is given to stop once cancelled before it is abandoned.
+    public var timeoutGrace: Duration
     /// The state of the run being resumed, or nil for a fresh run.
     public var resume: ResumeState?
 
     public init(runID: String = UUID().uuidString.lowercased(), parallelism: Int = 4,
-                defaultTimeout: Duration? = nil, resume: ResumeState? = nil) {
+                defaultTimeout: Duration? = nil, resume: ResumeState? = nil, timeoutGrace: Duration = .seconds(5)) {
         self.runID = runID
         self.parallelism = max(1, parallelism)
         self.defaultTimeout = defaultTimeout
+        self.timeoutGrace = timeoutGrace
         self.resume = resume
     }
 }

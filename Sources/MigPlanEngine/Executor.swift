@@ -70,11 +70,12 @@ public struct Executor: Sendable {
                     let outputs = state.report.outputs
                     let timeout = step.timeoutSeconds.map { Duration.milliseconds(Int64(($0 * 1000).rounded())) }
                         ?? options.defaultTimeout
+                    let grace = options.timeoutGrace
                     tasks.addTask {
                         // An unstructured task: cancelling the run must not cancel a step in flight.
                         await Task {
                             await self.execute(step, runID: options.runID, completedBefore: completedBefore,
-                                               outputs: outputs, timeout: timeout, stop: stop)
+                                               outputs: outputs, timeout: timeout, grace: grace, stop: stop)
                         }.value
                     }
                 }
@@ -112,6 +113,10 @@ public struct Executor: Sendable {
     private enum AttemptResult: Sendable {
         case probeDone([String: String])
         case acted([String: String])
+        /// A gate a resumed run had passed, checked again and passed again.
+        case rechecked([String: String])
+        /// A resumed run had completed the step, its probe no longer finds the effect, and the
+        /// step is not idempotent by probe: it is not redone.
         case notConfirmed
     }
 
@@ -125,13 +130,17 @@ public struct Executor: Sendable {
     }
 
     private func execute(_ step: Step, runID: String, completedBefore: [String: String]?,
-                         outputs: [StepID: [String: String]], timeout: Duration?, stop: StopSignal) async -> Finished {
+                         outputs: [StepID: [String: String]], timeout: Duration?, grace: Duration,
+                         stop: StopSignal) async -> Finished {
         let started = clock.now()
         await observer.handle(.stepStarted(step.id, role: step.role))
         let policy = step.retry
         let acted = ActMarker()
         let runner = self.runner
         let observer = self.observer
+        // A gate a resumed run had passed is checked again, never trusted (a destination that died
+        // since must not let the source's checkpoint be deleted).
+        let recheckGate = completedBefore != nil && step.reverifyOnResume
         var attempt = 1
         while true {
             await observer.handle(.attemptStarted(step.id, attempt: attempt))
@@ -140,17 +149,24 @@ public struct Executor: Sendable {
                 outputs: outputs,
                 progressSink: { bytes, total in await observer.handle(.progress(step.id, bytes: bytes, total: total)) })
             do {
-                let result: AttemptResult = try await withTimeout(timeout, step: step.id) {
-                    switch try await runner.probe(context) {
-                    case .done(let found):
-                        return .probeDone(found)
-                    case .needed:
-                        if context.previouslyCompleted { return .notConfirmed }
+                let result: AttemptResult = try await withTimeout(timeout, grace: grace, step: step.id) {
+                    if !recheckGate {
+                        switch try await runner.probe(context) {
+                        case .done(let found):
+                            return .probeDone(found)
+                        case .needed:
+                            if context.previouslyCompleted && !acted.isMarked {
+                                // Completed by the resumed run, effect gone: redo it only when a
+                                // probe guards it against being applied twice.
+                                await observer.handle(.resumedStepNotConfirmed(step.id))
+                                if !step.idempotentByProbe { return .notConfirmed }
+                            }
+                        }
                     }
                     acted.mark()
                     let produced = try await runner.act(context)
                     try await runner.verify(context, outputs: produced)
-                    return .acted(produced)
+                    return recheckGate ? .rechecked(produced) : .acted(produced)
                 }
                 let outcome: StepOutcome
                 let produced: [String: String]
@@ -161,10 +177,14 @@ public struct Executor: Sendable {
                 case .acted(let made):
                     outcome = .changed
                     produced = made
-                case .notConfirmed:
-                    await observer.handle(.resumedStepNotConfirmed(step.id))
+                case .rechecked(let made):
                     outcome = .unchanged
-                    produced = completedBefore ?? [:]
+                    produced = (completedBefore ?? [:]).merging(made) { _, new in new }
+                case .notConfirmed:
+                    let failure = StepFailure(
+                        message: "a resumed run had completed \(step.id), but its effect is gone and the step is "
+                            + "not idempotent by probe: not redone", retryable: false, attempts: attempt)
+                    return await finish(step, .failed(failure), [:], since: started)
                 }
                 return await finish(step, outcome, produced, since: started)
             } catch {
@@ -186,8 +206,9 @@ public struct Executor: Sendable {
                     await observer.handle(.attemptFailed(step.id, attempt: attempt, message: message,
                                                          retryable: retryable, retryAfter: nil))
                 }
+                let timeoutError = error as? StepTimeoutError
                 let failure = StepFailure(message: message, retryable: retryable, attempts: attempt,
-                                          timedOut: error is StepTimeoutError)
+                                          timedOut: timeoutError != nil, effectUnknown: timeoutError?.abandoned ?? false)
                 return await finish(step, .failed(failure), [:], since: started)
             }
         }
@@ -210,24 +231,73 @@ public struct Executor: Sendable {
         return Finished(id: step.id, outcome: outcome, outputs: outputs)
     }
 
-    /// Runs `body`, throwing `StepTimeoutError` if it takes longer than `timeout` (the body is
-    /// then cancelled; the SSH layer honours cancellation).
+    /// Runs `body`, throwing `StepTimeoutError` if it takes longer than `timeout`. At the deadline
+    /// the body is cancelled and given `grace` to stop; either way this returns then, never later
+    /// (a body that ignores cancellation is abandoned: `StepTimeoutError.abandoned`, its effect
+    /// unknown, not retried).
     private func withTimeout<T: Sendable>(
-        _ timeout: Duration?, step: StepID, _ body: @escaping @Sendable () async throws -> T
+        _ timeout: Duration?, grace: Duration, step: StepID, _ body: @escaping @Sendable () async throws -> T
     ) async throws -> T {
         guard let timeout else { return try await body() }
         let clock = self.clock
-        return try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await clock.sleep(for: timeout)
+        let race = Latch<TimeoutRace<T>>()
+        let bodyEnded = Latch<Bool>()
+        let work = Task {
+            let result: Result<T, any Error>
+            do { result = .success(try await body()) } catch { result = .failure(error) }
+            race.set(.finished(result))
+            bodyEnded.set(true)
+        }
+        let timer = Task {
+            if (try? await clock.sleep(for: timeout)) != nil { race.set(.timedOut) }
+        }
+        let end = await race.wait()
+        timer.cancel()
+        switch end {
+        case .finished(let result):
+            return try result.get()
+        case .timedOut:
+            work.cancel()
+            let graceTimer = Task {
+                if (try? await clock.sleep(for: grace)) != nil { bodyEnded.set(false) }
+            }
+            let stopped = await bodyEnded.wait()
+            graceTimer.cancel()
+            throw StepTimeoutError(step: step, timeout: timeout, abandoned: !stopped)
+        }
+    }
+}
+
+/// How a timed attempt ended: its body finished (value or error), or the deadline came first.
+private enum TimeoutRace<T: Sendable>: Sendable {
+    case finished(Result<T, any Error>)
+    case timedOut
+}
+
+/// A value set once (later sets are ignored) that any number of tasks can wait for.
+private final class Latch<T: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: T?
+    private var waiters: [CheckedContinuation<T, Never>] = []
+
+    func set(_ newValue: T) {
+        let toResume: [CheckedContinuation<T, Never>] = lock.withLock {
+            guard value == nil else { return [] }
+            value = newValue
+            defer { waiters = [] }
+            return waiters
+        }
+        for waiter in toResume { waiter.resume(returning: newValue) }
+    }
+
+    func wait() async -> T {
+        await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
+            let now: T? = lock.withLock {
+                if let value { return value }
+                waiters.append(continuation)
                 return nil
             }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let value = first else {
-                throw StepTimeoutError(step: step, timeout: timeout)
-            }
-            return value
+            if let now { continuation.resume(returning: now) }
         }
     }
 }
@@ -242,6 +312,9 @@ struct SchedulerState {
     private var ready: [StepID] = []
     private var started: Set<StepID> = []
     private var groups: [RollbackGroup]
+    /// Per group: the forward steps from its `armedBy` to its `disarmedBy` steps (inclusive),
+    /// plus those naming it in `onFailure`. The group never starts while one of them is in flight.
+    private var windows: [String: Set<StepID>] = [:]
     private var triggered: Set<String> = []
     var report = ExecutionReport()
 
@@ -254,6 +327,22 @@ struct SchedulerState {
         for step in graph.steps {
             forward.insert(step.id)
             register(step)
+        }
+        var prerequisites: [StepID: [StepID]] = [:]
+        for step in graph.steps { prerequisites[step.id] = step.dependsOn }
+        let following = dependents
+        func closure(_ start: [StepID], _ next: [StepID: [StepID]]) -> Set<StepID> {
+            var seen = Set(start)
+            var queue = start
+            while let current = queue.popLast() {
+                for other in next[current] ?? [] where seen.insert(other).inserted { queue.append(other) }
+            }
+            return seen
+        }
+        for group in groups {
+            var window = closure(group.armedBy, following).intersection(closure(group.disarmedBy, prerequisites))
+            for step in graph.steps where step.onFailure.contains(group.id) { window.insert(step.id) }
+            windows[group.id] = window.intersection(forward)
         }
     }
 
@@ -336,15 +425,23 @@ struct SchedulerState {
         return skipped.sorted { rank[$0.0]! < rank[$1.0]! }
     }
 
-    /// Groups that are armed (an `armedBy` step succeeded) and can no longer be disarmed (every
-    /// `disarmedBy` step ended, not all of them successfully).
+    /// Groups that are armed (an `armedBy` step acted: it succeeded or failed), can no longer be
+    /// disarmed (every `disarmedBy` step ended, not all of them successfully), and have no forward
+    /// step of their window still in flight (a restore running on the destination must end before
+    /// the source restores the same container). Checked again each time a step ends.
     func groupsToTrigger() -> [(RollbackGroup, String)] {
         var result: [(RollbackGroup, String)] = []
         for group in groups where !triggered.contains(group.id) {
-            let armed = group.armedBy.contains { report.outcomes[$0]?.succeeded == true }
+            let armed = group.armedBy.contains {
+                switch report.outcomes[$0] {
+                case .changed?, .unchanged?, .failed?: return true
+                case .skipped?, nil: return false
+                }
+            }
             let ended = group.disarmedBy.allSatisfy { report.outcomes[$0] != nil }
             let disarmed = group.disarmedBy.allSatisfy { report.outcomes[$0]?.succeeded == true }
-            guard armed, ended, !disarmed else { continue }
+            let inFlight = (windows[group.id] ?? []).contains { started.contains($0) && report.outcomes[$0] == nil }
+            guard armed, ended, !disarmed, !inFlight else { continue }
             let blocker = group.disarmedBy.first { report.outcomes[$0]?.succeeded != true }!
             result.append((group, "\(blocker) \(report.outcomes[blocker]!)"))
         }

@@ -15,7 +15,9 @@ public struct StepContext: Sendable {
     public let step: Step
     /// 1-based attempt number.
     public let attempt: Int
-    /// True when a previous run (being resumed) completed this step: the runner only probes it.
+    /// True when a previous run (being resumed) completed this step. The executor then only
+    /// probes it, except a gate (`step.reverifyOnResume`), which it acts again without probing;
+    /// a non-gate whose probe says `.needed` is acted again only when `step.idempotentByProbe`.
     public let previouslyCompleted: Bool
     /// Outputs of every step completed so far in this run (e.g. the transfer step's `sha256`).
     public let outputs: [StepID: [String: String]]

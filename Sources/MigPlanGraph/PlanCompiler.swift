@@ -2,12 +2,20 @@ import MigPlanModel
 
 /// Compiles a (validated) plan into the step graph the engine runs. Pure: no I/O.
 ///
-/// Paths on hosts, under each host's `runtime.workDir` (`W`):
+/// Paths on hosts, under each host's `runtime.workDir` (`W`), all scoped by migration so no two
+/// migrations (or a migration and an instance) can share one:
 /// - checkpoint images on the source: `W/checkpoints/MIGRATION/INSTANCE`
 /// - archive on the source: `W/archives/MIGRATION.tar[.zz]` (single) or
-///   `W/archives/MIGRATION-INSTANCE.tar[.zz]` (per container)
-/// - archive on the destination: `W/incoming/<same file name>`
-/// - unpacked images on the destination: `W/restore/MIGRATION/INSTANCE`
+///   `W/archives/MIGRATION.d/INSTANCE.tar[.zz]` (per container; a file name always ends in
+///   `.tar` or `.tar.zz`, a directory in `.d`, so neither can be the other)
+/// - archive on the destination: `W/incoming/<same relative path>`
+/// - unpacked images on the destination: `W/restore/MIGRATION/INSTANCE` (the unpack step's
+///   marker: `W/restore/MIGRATION/.unpacked-<archive file name>`)
+///
+/// Step ids are `SUBJECT.VERB@WHERE`. Subjects are a migration, an instance, or (per-container
+/// archives) `MIGRATION/INSTANCE`, which no plan name can spell (names have no `/`); the verbs of
+/// migration-level and archive-level steps are never used for instance-level steps, so a
+/// migration named like a container cannot collide with it.
 public enum PlanCompiler {
     /// Jitter applied to every plan retry policy (the plan format has no field for it).
     public static let defaultJitter = 0.5
@@ -25,6 +33,12 @@ public enum PlanCompiler {
         var validated = try graph.validated()
         markOnFailure(&validated)
         return validated
+    }
+
+    /// A compile error as a positioned diagnostic (at the plan's `migrations`, the part that
+    /// compiled into the graph), for `migplan plan` and `migplan validate`.
+    public static func diagnostic(for error: GraphError, in plan: Plan) -> Diagnostic {
+        Diagnostic(.error, at: plan.marks["migrations"], path: "migrations", "cannot compile the step graph: \(error)")
     }
 
     /// Fills each forward step's `onFailure`: the rollback groups that are armed while it runs,
@@ -122,7 +136,8 @@ struct MigrationCompiler {
         let stepID = id(subject, verb, location)
         steps.append(Step(
             id: stepID, location: location, action: action, dependsOn: dependencies,
-            idempotentByProbe: idempotent, metrics: metrics, migration: migration.name, retry: retry))
+            idempotentByProbe: idempotent, metrics: metrics, migration: migration.name, retry: retry,
+            timeoutSeconds: action.defaultTimeoutSeconds))
         return stepID
     }
 
@@ -130,7 +145,8 @@ struct MigrationCompiler {
         _ subject: String, _ verb: String, at location: StepLocation, _ action: StepAction, after: [StepID]
     ) -> Step {
         Step(id: id(subject, verb, location), location: location, action: action, dependsOn: after,
-             idempotentByProbe: true, metrics: [], migration: migration.name, role: .rollback, retry: retry)
+             idempotentByProbe: true, metrics: [], migration: migration.name, role: .rollback, retry: retry,
+             timeoutSeconds: action.defaultTimeoutSeconds)
     }
 
     mutating func compile() {
@@ -177,6 +193,45 @@ struct MigrationCompiler {
         compression == .none ? "\(subject).tar" : "\(subject).tar.zz"
     }
 
+    /// One archive: what it holds and where it lives on both hosts.
+    struct ArchiveUnit {
+        /// Step id subject: the migration (single archive) or `MIGRATION/INSTANCE`.
+        var subject: String
+        var members: [ContainerInstance]
+        var sourceArchive: String
+        var destinationArchive: String
+        var unpackDir: String
+
+        /// The files a transfer leaves next to the received archive (digest, source stamp,
+        /// partial download) and the unpack step's marker: removed with the archive.
+        var destinationFiles: [String] {
+            let name = destinationArchive.split(separator: "/").last.map(String.init) ?? destinationArchive
+            return [destinationArchive, destinationArchive + ".part", destinationArchive + ".sha256",
+                    destinationArchive + ".source", "\(unpackDir)/.unpacked-\(name)"]
+        }
+
+        var sourceFiles: [String] { [sourceArchive, sourceArchive + ".part"] }
+    }
+
+    func archiveUnits() -> [ArchiveUnit] {
+        let unpackDir = "\(destination.runtime.workDir)/restore/\(migration.name)"
+        func unit(_ subject: String, _ relativePath: String, _ members: [ContainerInstance]) -> ArchiveUnit {
+            ArchiveUnit(
+                subject: subject, members: members,
+                sourceArchive: "\(source.runtime.workDir)/archives/\(relativePath)",
+                destinationArchive: "\(destination.runtime.workDir)/incoming/\(relativePath)",
+                unpackDir: unpackDir)
+        }
+        switch migration.transfer.archive {
+        case .single:
+            return [unit(migration.name, archiveFileName(migration.name), instances)]
+        case .perContainer:
+            return instances.map {
+                unit("\(migration.name)/\($0.name)", "\(migration.name).d/\(archiveFileName($0.name))", [$0])
+            }
+        }
+    }
+
     mutating func compileStateful(after sessions: StepID, src: StepLocation, dst: StepLocation) {
         var checkpoints: [String: StepID] = [:]
         for instance in instances {
@@ -185,32 +240,25 @@ struct MigrationCompiler {
                 after: [sessions], metrics: [.checkpoint, .downtime, .total])
         }
         // Archive units: one for the whole migration, or one per instance.
-        let units: [(subject: String, members: [ContainerInstance])]
-        switch migration.transfer.archive {
-        case .single: units = [(migration.name, instances)]
-        case .perContainer: units = instances.map { ($0.name, [$0]) }
-        }
+        let units = archiveUnits()
         let route: TransferRoute = migration.transfer.path == .direct ? .direct : .relay
         var verified: [StepID] = []
-        var singleArchivePath: String?
+        var singleArchive: ArchiveUnit?
         for unit in units {
-            let fileName = archiveFileName(unit.subject)
-            let sourceArchive = "\(source.runtime.workDir)/archives/\(fileName)"
-            let destinationArchive = "\(destination.runtime.workDir)/incoming/\(fileName)"
-            let unpackDir = "\(destination.runtime.workDir)/restore/\(migration.name)"
             let archive = add(unit.subject, "archive", at: src, .archive(ArchiveAction(
-                instances: unit.members, imagesDirs: unit.members.map(imagesDir), archivePath: sourceArchive,
+                instances: unit.members, imagesDirs: unit.members.map(imagesDir), archivePath: unit.sourceArchive,
                 compression: compression)),
                 after: unit.members.compactMap { checkpoints[$0.name] }, metrics: [.archive, .downtime, .total])
             let transfer = add(unit.subject, "transfer", at: route == .relay ? .controller : src,
                 .transfer(TransferAction(from: source.name, to: destination.name, route: route,
-                                         sourcePath: sourceArchive, destinationPath: destinationArchive)),
+                                         sourcePath: unit.sourceArchive, destinationPath: unit.destinationArchive)),
                 after: [archive], metrics: [.transfer, .downtime, .total])
             let digest = add(unit.subject, "verifyDigest", at: dst,
-                .verifyDigest(VerifyDigestAction(archivePath: destinationArchive, digestFrom: transfer)),
+                .verifyDigest(VerifyDigestAction(archivePath: unit.destinationArchive, digestFrom: transfer)),
                 after: [transfer], metrics: [.downtime, .total])
             let unpack = add(unit.subject, "unpack", at: dst,
-                .unpack(UnpackAction(archivePath: destinationArchive, intoDir: unpackDir, compression: compression)),
+                .unpack(UnpackAction(archivePath: unit.destinationArchive, intoDir: unit.unpackDir,
+                                     compression: compression)),
                 after: [digest], metrics: [.downtime, .total])
             var unitVerified: [StepID] = []
             for instance in unit.members {
@@ -221,7 +269,7 @@ struct MigrationCompiler {
                     .verifyRunning(VerifyRunningAction(instance: instance, checkState: true)),
                     after: [restore], metrics: [.total])
                 unitVerified.append(verify)
-                let sourcePaths = units.count == 1 ? [imagesDir(instance)] : [imagesDir(instance), sourceArchive]
+                let sourcePaths = units.count == 1 ? [imagesDir(instance)] : [imagesDir(instance)] + unit.sourceFiles
                 _ = add(instance.name, "cleanupSource", at: src,
                     .cleanupSource(CleanupAction(instances: [instance], paths: sourcePaths)),
                     after: [verify], metrics: [])
@@ -229,28 +277,42 @@ struct MigrationCompiler {
                     rollbacks.append(RollbackGroup(
                         id: "\(instance.name).rollback", migration: migration.name,
                         armedBy: [checkpoint], disarmedBy: [verify],
-                        steps: statefulRollback(instance, src: src, dst: dst)))
+                        steps: statefulRollback(instance, unit: unit, src: src, dst: dst)))
                 }
             }
+            // Once every container of the archive runs verified on the destination, what reached
+            // the destination for it (archive, digest, unpacked images, marker) is removed: no
+            // memory dump stays at rest, and no later run can mistake it for its own.
+            _ = add(unit.subject, "cleanupIncoming", at: dst,
+                .cleanupDestination(CleanupAction(
+                    instances: [], paths: unit.destinationFiles + unit.members.map(restoreDir))),
+                after: unitVerified, metrics: [])
             verified += unitVerified
-            if units.count == 1 { singleArchivePath = sourceArchive }
+            if units.count == 1 { singleArchive = unit }
         }
-        if let singleArchivePath {
+        if let singleArchive {
             // The shared archive goes once every container it holds is verified on the destination.
             _ = add(migration.name, "cleanupArchive", at: src,
-                .cleanupSource(CleanupAction(instances: [], paths: [singleArchivePath])),
+                .cleanupSource(CleanupAction(instances: [], paths: singleArchive.sourceFiles)),
                 after: verified, metrics: [])
         }
     }
 
-    func statefulRollback(_ instance: ContainerInstance, src: StepLocation, dst: StepLocation) -> [Step] {
+    /// Undoing one instance's move: remove what reached the destination (the container, its
+    /// unpacked images, the received archive with its digest and marker), remove the source's
+    /// archive (so a later run can never ship this stale checkpoint), then restore on the source
+    /// from its own images and verify it runs.
+    func statefulRollback(_ instance: ContainerInstance, unit: ArchiveUnit, src: StepLocation, dst: StepLocation) -> [Step] {
         let cleanup = rollbackStep(instance.name, "cleanupDestination", at: dst,
-            .cleanupDestination(CleanupAction(instances: [instance], paths: [restoreDir(instance)])), after: [])
+            .cleanupDestination(CleanupAction(instances: [instance], paths: [restoreDir(instance)] + unit.destinationFiles)),
+            after: [])
+        let removeArchive = rollbackStep(instance.name, "removeArchive", at: src,
+            .cleanupSource(CleanupAction(instances: [], paths: unit.sourceFiles)), after: [])
         let restore = rollbackStep(instance.name, "restoreOnSource", at: src,
             .restoreOnSource(RestoreAction(instance: instance, imagesDir: imagesDir(instance))), after: [cleanup.id])
         let verify = rollbackStep(instance.name, "verifyRunning", at: src,
             .verifyRunning(VerifyRunningAction(instance: instance, checkState: true)), after: [restore.id])
-        return [cleanup, restore, verify]
+        return [cleanup, removeArchive, restore, verify]
     }
 
     // MARK: Stateless

@@ -1,4 +1,5 @@
 import Foundation
+import MigPlanModel
 
 /// Output forms of a step graph (`migplan plan --format`).
 public enum GraphFormat: String, Sendable, CaseIterable {
@@ -23,6 +24,21 @@ extension StepGraph {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         // Encoding plain strings, ints, doubles and bools cannot fail.
         let data = (try? encoder.encode(self)) ?? Data()
+        return String(decoding: data, as: UTF8.self) + "\n"
+    }
+
+    /// What `migplan plan --format json` prints when a plan cannot be compiled: the same shape as
+    /// `migplan validate --format json` (`{"formatVersion": 1, "valid": false, "diagnostics":
+    /// [{file, line, column, severity, path, message}]}`), so a pipeline parses one format.
+    public static func failureJSON(diagnostics: [Diagnostic]) -> String {
+        struct Document: Encodable {
+            var formatVersion = StepGraph.currentFormatVersion
+            var valid = false
+            var diagnostics: [Diagnostic]
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let data = (try? encoder.encode(Document(diagnostics: diagnostics))) ?? Data()
         return String(decoding: data, as: UTF8.self) + "\n"
     }
 
@@ -60,7 +76,7 @@ extension StepGraph {
             for group in rollbacks where group.migration == migration {
                 lines.append("")
                 lines.append("  On failure: \(group.id), armed after \(group.armedBy.joined(separator: ", "))"
-                    + " succeeds, until \(group.disarmedBy.joined(separator: ", ")) succeeds:")
+                    + " acts, until \(group.disarmedBy.joined(separator: ", ")) succeeds:")
                 for (offset, step) in group.steps.enumerated() {
                     lines += Self.describe(step, number: offset + 1, indent: "    ", marker: "r")
                 }
@@ -79,6 +95,8 @@ extension StepGraph {
         var details: [String] = []
         details.append("after: " + (step.dependsOn.isEmpty ? "-" : step.dependsOn.joined(separator: ", ")))
         details.append(step.idempotentByProbe ? "idempotent by probe" : "not idempotent")
+        if step.reverifyOnResume { details.append("re-checked on resume") }
+        if let timeout = step.timeoutSeconds { details.append("timeout \(Self.seconds(timeout))") }
         if !step.metrics.isEmpty { details.append("metrics: " + step.metrics.map(\.rawValue).joined(separator: ", ")) }
         let head = "\(indent)\(marker)\(number). "
         let pad = String(repeating: " ", count: head.count)
@@ -89,6 +107,10 @@ extension StepGraph {
         ]
         if !step.onFailure.isEmpty { lines.append(pad + "on failure: " + step.onFailure.joined(separator: ", ")) }
         return lines
+    }
+
+    private static func seconds(_ value: Double) -> String {
+        value == value.rounded() ? "\(Int(value)) s" : "\(value) s"
     }
 
     // MARK: DOT

@@ -140,12 +140,17 @@ public struct Step: Sendable, Hashable, Codable, Identifiable {
     public var retry: StepRetryPolicy
     /// Upper bound of one attempt, in seconds (nil: no bound).
     public var timeoutSeconds: Double?
+    /// A gate: a check whose result may have changed since it last passed (preflight,
+    /// verifyDigest, verifyRunning). A resumed run never trusts an earlier pass: it acts (re-checks)
+    /// these steps again instead of probing them. Runners and the executor both read this flag.
+    /// Defaults to `action.isGate`.
+    public var reverifyOnResume: Bool
 
     public init(
         id: StepID, location: StepLocation, action: StepAction, dependsOn: [StepID] = [],
         idempotentByProbe: Bool = true, metrics: [PaperMetric] = [], migration: String = "",
         role: StepRole = .forward, onFailure: [String] = [], retry: StepRetryPolicy = .once,
-        timeoutSeconds: Double? = nil
+        timeoutSeconds: Double? = nil, reverifyOnResume: Bool? = nil
     ) {
         self.id = id
         self.location = location
@@ -158,5 +163,31 @@ public struct Step: Sendable, Hashable, Codable, Identifiable {
         self.onFailure = onFailure
         self.retry = retry
         self.timeoutSeconds = timeoutSeconds
+        self.reverifyOnResume = reverifyOnResume ?? action.isGate
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case id, location, action, dependsOn, idempotentByProbe, metrics, migration, role, onFailure, retry,
+             timeoutSeconds, reverifyOnResume
+    }
+
+    /// Decodes a step; `reverifyOnResume` may be absent (graphs written before it existed) and then
+    /// defaults to `action.isGate`.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let action = try c.decode(StepAction.self, forKey: .action)
+        self.init(
+            id: try c.decode(StepID.self, forKey: .id),
+            location: try c.decode(StepLocation.self, forKey: .location),
+            action: action,
+            dependsOn: try c.decode([StepID].self, forKey: .dependsOn),
+            idempotentByProbe: try c.decode(Bool.self, forKey: .idempotentByProbe),
+            metrics: try c.decode([PaperMetric].self, forKey: .metrics),
+            migration: try c.decode(String.self, forKey: .migration),
+            role: try c.decode(StepRole.self, forKey: .role),
+            onFailure: try c.decode([String].self, forKey: .onFailure),
+            retry: try c.decode(StepRetryPolicy.self, forKey: .retry),
+            timeoutSeconds: try c.decodeIfPresent(Double.self, forKey: .timeoutSeconds),
+            reverifyOnResume: try c.decodeIfPresent(Bool.self, forKey: .reverifyOnResume))
     }
 }

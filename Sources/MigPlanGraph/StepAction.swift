@@ -245,6 +245,37 @@ public enum StepAction: Sendable, Hashable, Codable {
         }
     }
 
+    /// A check whose pass may not hold any more later (runtimes and `criu check`, an archive's
+    /// digest, a container running with its state): preflight, verifyDigest, verifyRunning.
+    /// A resumed run re-acts these instead of trusting the earlier pass (`Step.reverifyOnResume`).
+    public var isGate: Bool {
+        switch self {
+        case .preflight, .verifyDigest, .verifyRunning: return true
+        default: return false
+        }
+    }
+
+    /// The default bound of one attempt of this kind of action, in seconds: generous enough for
+    /// multi-GiB checkpoints over the lab's links, short enough that a hung host cannot stall a
+    /// run forever. The compiler puts it into every step's `timeoutSeconds`.
+    public var defaultTimeoutSeconds: Double {
+        switch self {
+        case .preflight: return 120
+        case .ensureSessions: return 120
+        case .checkpoint: return 900
+        case .archive: return 1800
+        case .transfer: return 3600
+        case .verifyDigest: return 600
+        case .unpack: return 1800
+        case .restore, .restoreOnSource: return 900
+        case .verifyRunning: return 300
+        case .cleanupSource, .cleanupDestination: return 300
+        case .stop: return 120
+        case .kill: return 60
+        case .start: return 300
+        }
+    }
+
     /// A one-line human description, for the text renderer and logs.
     public var summary: String {
         switch self {

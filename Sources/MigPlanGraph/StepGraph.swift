@@ -1,7 +1,10 @@
-/// Steps that undo a failed move. The group is armed once any `armedBy` step has succeeded (the
-/// container was stopped on the source) and disarmed once every `disarmedBy` step has succeeded
-/// (the destination is verified). If the forward path ends (failure, skipped steps, or a stop
-/// request) while the group is armed and not disarmed, its steps run, in their own order.
+/// Steps that undo a failed move. The group is armed once any `armedBy` step has acted (it
+/// succeeded, or failed — possibly after stopping the container on the source; every rollback
+/// step is guarded by its probe, so undoing what did not happen is harmless) and disarmed once
+/// every `disarmedBy` step has succeeded (the destination is verified). If the forward path ends
+/// (failure, skipped steps, or a stop request) while the group is armed and not disarmed, its
+/// steps run, in their own order, once no forward step between `armedBy` and `disarmedBy` (the
+/// group's window) is still in flight.
 public struct RollbackGroup: Sendable, Hashable, Codable, Identifiable {
     public var id: String
     public var migration: String

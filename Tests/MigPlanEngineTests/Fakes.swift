@@ -23,6 +23,8 @@ final class FakeWorld: StepRunner, @unchecked Sendable {
     private(set) var probeLog: [StepID] = []
     private(set) var startOrder: [StepID] = []
     private(set) var contexts: [StepID: StepContext] = [:]
+    /// `begin ID` when an act starts, `end ID` when it returns or throws, in order.
+    private(set) var timeline: [String] = []
     private var inFlight = 0
     private(set) var maxInFlight = 0
 
@@ -53,6 +55,7 @@ final class FakeWorld: StepRunner, @unchecked Sendable {
         let id = context.step.id
         let failure: FakeError? = lock.withLock {
             actLog.append(id)
+            timeline.append("begin \(id)")
             inFlight += 1
             maxInFlight = max(maxInFlight, inFlight)
             if var queue = actFailures[id], !queue.isEmpty {
@@ -62,7 +65,12 @@ final class FakeWorld: StepRunner, @unchecked Sendable {
             }
             return nil
         }
-        defer { lock.withLock { inFlight -= 1 } }
+        defer {
+            lock.withLock {
+                inFlight -= 1
+                timeline.append("end \(id)")
+            }
+        }
         if let delay = delays[id] ?? actDelay { try await Task.sleep(for: delay) }
         if let failure { throw failure }
         await context.reportProgress(bytes: 42, total: 42)
@@ -105,7 +113,9 @@ final class RecordingObserver: ExecutionObserver, @unchecked Sendable {
     }
 }
 
-/// A clock whose sleeps return at once and are recorded; time advances by what was slept.
+/// A clock whose sleeps (backoffs) return at once and are recorded; time advances by what was slept.
+/// Sleeps of 30 s or more (step timeouts the compiler sets) really wait, until cancelled, and are
+/// not recorded: a fake clock must not make every step time out.
 final class FakeClock: ExecutorClock, @unchecked Sendable {
     private let lock = NSLock()
     private var elapsed: Duration = .zero
@@ -113,6 +123,10 @@ final class FakeClock: ExecutorClock, @unchecked Sendable {
     var sleeps: [Duration] { lock.withLock { slept } }
     func now() -> Duration { lock.withLock { elapsed } }
     func sleep(for duration: Duration) async throws {
+        if duration >= .seconds(30) {
+            try await Task.sleep(for: duration)
+            return
+        }
         lock.withLock {
             slept.append(duration)
             elapsed += duration

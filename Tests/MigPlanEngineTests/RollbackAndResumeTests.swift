@@ -111,7 +111,9 @@ struct RollbackAndResumeTests {
             #expect(report.succeeded, "boundary \(boundary)")
             #expect(report.rolledBack.isEmpty)
             #expect(world.appliedEffects == Set(order), "boundary \(boundary)")
-            #expect(Set(world.actLog) == Set(order).subtracting(landed), "boundary \(boundary)")
+            // Gates the previous run had passed are checked again; nothing else is redone.
+            let gates = Set(recorded.filter { graph.step($0)!.reverifyOnResume })
+            #expect(Set(world.actLog) == Set(order).subtracting(landed).union(gates), "boundary \(boundary)")
             #expect(world.actLog.count == Set(world.actLog).count, "an act ran twice at boundary \(boundary)")
             for id in landed { #expect(report.outcomes[id] == .unchanged) }
         }
@@ -127,20 +129,36 @@ struct RollbackAndResumeTests {
         #expect(state.completed["move.transfer@controller"] == ["sha256": "digest-of-move.transfer@controller"])
         let world = FakeWorld(applied: first.inner.appliedEffects)
         let resumed = await Executor(runner: world).run(graph, options: ExecutionOptions(resume: state))
-        #expect(world.actLog.isEmpty)
+        // Only the gates the first run had passed are checked again; nothing is redone.
+        #expect(Set(world.actLog) == ["move.preflight@instance1", "move.preflight@instance2", "app.verifyRunning@instance1"])
         #expect(resumed.rolledBack == ["app.rollback"])
         #expect(resumed.outcomes["app.restoreOnSource@instance1"] == .unchanged)
         #expect(resumed.outcomes["move.unpack@instance2"] == .skipped(.rolledBack(group: "app.rollback")))
     }
 
-    @Test func aResumedStepWhoseEffectIsGoneIsReportedAndNotRedone() async {
+    @Test func aResumedStepWhoseEffectIsGoneIsReportedAndRedoneWhenIdempotentByProbe() async {
         let graph = Graphs.graph([Graphs.step("a"), Graphs.step("b", ["a"])])
         let world = FakeWorld()
         let observer = RecordingObserver()
         let report = await Executor(runner: world, observer: observer).run(
             graph, options: ExecutionOptions(resume: ResumeState(completedSteps: ["a"])))
-        #expect(report.outcomes["a"] == .unchanged)
-        #expect(world.actLog == ["b"])
+        #expect(report.outcomes["a"] == .changed)
+        #expect(world.actLog == ["a", "b"])
+        #expect(observer.events.contains(.resumedStepNotConfirmed("a")))
+    }
+
+    @Test func aResumedStepWhoseEffectIsGoneFailsWhenNotIdempotentByProbe() async {
+        var once = Graphs.step("a")
+        once.idempotentByProbe = false
+        let graph = Graphs.graph([once, Graphs.step("b", ["a"])])
+        let world = FakeWorld()
+        let observer = RecordingObserver()
+        let report = await Executor(runner: world, observer: observer).run(
+            graph, options: ExecutionOptions(resume: ResumeState(completedSteps: ["a"])))
+        guard case .failed(let failure) = report.outcomes["a"] else { Issue.record("not failed"); return }
+        #expect(!failure.retryable)
+        #expect(report.outcomes["b"] == .skipped(.dependencyFailed("a")))
+        #expect(world.actLog.isEmpty)
         #expect(observer.events.contains(.resumedStepNotConfirmed("a")))
     }
 
@@ -154,18 +172,20 @@ struct RollbackAndResumeTests {
                                 triggeredRollbacks: ["app.rollback"])))
         #expect(report.rolledBack == ["app.rollback"])
         #expect(report.outcomes["move.transfer@controller"] == .skipped(.rolledBack(group: "app.rollback")))
-        #expect(world.actLog == ["app.restoreOnSource@instance1", "app.verifyRunning@instance1"])
+        #expect(Set(world.actLog) == ["move.preflight@instance1", "move.preflight@instance2", "app.removeArchive@instance1",
+                                      "app.restoreOnSource@instance1", "app.verifyRunning@instance1"])
     }
 }
 
 /// Requests a stop while one named step is in flight.
 final class StoppingWorld: StepRunner, @unchecked Sendable {
-    let inner = FakeWorld()
+    let inner: FakeWorld
     let stopAt: StepID
     let stop: StopSignal
-    init(stopAt: StepID, stop: StopSignal) {
+    init(stopAt: StepID, stop: StopSignal, inner: FakeWorld = FakeWorld()) {
         self.stopAt = stopAt
         self.stop = stop
+        self.inner = inner
     }
     func probe(_ context: StepContext) async throws -> ProbeResult { try await inner.probe(context) }
     func act(_ context: StepContext) async throws -> [String: String] {

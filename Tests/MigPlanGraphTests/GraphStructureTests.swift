@@ -83,6 +83,20 @@ struct GraphStructureTests {
         #expect(graph.jsonRendering().contains("\"kind\" : \"restoreOnSource\""))
     }
 
+    @Test func jsonWithoutTheGateFlagDecodesWithTheActionsDefault() throws {
+        let graph = StepGraph(plan: "p", steps: [
+            Step(id: "g", location: .host("h"), action: .verifyDigest(VerifyDigestAction(archivePath: "/d", digestFrom: "x"))),
+            Step(id: "n", location: .host("h"), action: .kill(InstanceAction(
+                instance: ContainerInstance(name: "c", container: "c", runtime: "runc")))),
+        ])
+        let json = graph.jsonRendering().replacingOccurrences(of: "\"reverifyOnResume\" : true,", with: "")
+            .replacingOccurrences(of: "\"reverifyOnResume\" : false,", with: "")
+        #expect(!json.contains("reverifyOnResume"))
+        let decoded = try StepGraph.decodeJSON(Data(json.utf8))
+        #expect(decoded.steps.map(\.reverifyOnResume) == [true, false])
+        #expect(decoded == graph)
+    }
+
     @Test func jsonOfAnotherFormatVersionIsRefused() throws {
         var graph = StepGraph(plan: "p", steps: [step("a")])
         graph.formatVersion = 2

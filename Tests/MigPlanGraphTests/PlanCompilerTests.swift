@@ -29,6 +29,7 @@ struct PlanCompilerTests {
             "app.restore@instance2",
             "app.verifyRunning@instance2",
             "app.cleanupSource@instance1",
+            "move.cleanupIncoming@instance2",
             "move.cleanupArchive@instance1",
         ])
         let chain = ["move.preflight@instance1", "move.sessions@controller", "app.checkpoint@instance1",
@@ -89,10 +90,11 @@ struct PlanCompilerTests {
         #expect(group.armedBy == ["app.checkpoint@instance1"])
         #expect(group.disarmedBy == ["app.verifyRunning@instance2"])
         #expect(group.steps.map(\.id) == [
-            "app.cleanupDestination@instance2", "app.restoreOnSource@instance1", "app.verifyRunning@instance1",
+            "app.cleanupDestination@instance2", "app.removeArchive@instance1", "app.restoreOnSource@instance1",
+            "app.verifyRunning@instance1",
         ])
         #expect(group.steps.allSatisfy { $0.role == .rollback })
-        guard case .restoreOnSource(let restore) = group.steps[1].action else { Issue.record("wrong action"); return }
+        guard case .restoreOnSource(let restore) = group.steps[2].action else { Issue.record("wrong action"); return }
         #expect(restore.imagesDir == "/var/lib/migplan/checkpoints/move/app")
         // Steps between checkpoint and destination verification show the rollback; others do not.
         #expect(try #require(graph.step("move.transfer@controller")).onFailure == ["app.rollback"])
@@ -135,11 +137,11 @@ struct PlanCompilerTests {
     @Test func multiUserPerContainerArchivesTransferEachReplicaOnItsOwn() throws {
         let graph = try PlanCompiler.compile(
             PlanFixtures.plan(flow: .stateful, replicas: 2, containers: ["face"], archive: .perContainer))
-        #expect(graph.ids(ofKind: "archive") == ["face-1.archive@instance1", "face-2.archive@instance1"])
-        #expect(graph.ids(ofKind: "transfer") == ["face-1.transfer@controller", "face-2.transfer@controller"])
-        #expect(graph.step("face-1.archive@instance1")?.dependsOn == ["face-1.checkpoint@instance1"])
-        expectOrdered(graph, "face-1.unpack@instance2", before: "face-1.restore@instance2")
-        #expect(!graph.dependsTransitively("face-2.restore@instance2", on: "face-1.transfer@controller"))
+        #expect(graph.ids(ofKind: "archive") == ["move/face-1.archive@instance1", "move/face-2.archive@instance1"])
+        #expect(graph.ids(ofKind: "transfer") == ["move/face-1.transfer@controller", "move/face-2.transfer@controller"])
+        #expect(graph.step("move/face-1.archive@instance1")?.dependsOn == ["face-1.checkpoint@instance1"])
+        expectOrdered(graph, "move/face-1.unpack@instance2", before: "face-1.restore@instance2")
+        #expect(!graph.dependsTransitively("face-2.restore@instance2", on: "move/face-1.transfer@controller"))
         #expect(graph.step("move.cleanupArchive@instance1") == nil)
     }
 
@@ -202,5 +204,128 @@ struct PlanCompilerTests {
         #expect(!graph.dependsTransitively("b.restore@instance2", on: "a.checkpoint@instance1"))
         #expect(!graph.dependsTransitively("a.restore@instance2", on: "b.checkpoint@instance1"))
         #expect(graph.rollbacks.map(\.migration) == ["move", "other"])
+    }
+
+    // MARK: Review fixes
+
+    /// Every host path a graph names, with the host it is on.
+    func hostPaths(_ graph: StepGraph) -> [(String, String)] {
+        graph.steps.flatMap { step -> [(String, String)] in
+            switch step.action {
+            case .checkpoint(let a): return [("instance1", a.imagesDir)]
+            case .archive(let a): return [("instance1", a.archivePath)]
+            case .transfer(let a): return [("instance2", a.destinationPath)]
+            default: return []
+            }
+        }
+    }
+
+    @Test func aMigrationNamedLikeAContainerNeverSharesStepIdsOrPathsWithIt() throws {
+        // validate used to pass this plan and plan failed on `two steps have the id a.archive@instance1`.
+        var plan = PlanFixtures.plan(flow: .stateful, containers: ["a", "b"], archive: .perContainer)
+        var second = plan.migrations[0]
+        plan.migrations[0].name = "m1"
+        plan.migrations[0].containers = ["a"]
+        second.name = "a"
+        second.containers = ["b"]
+        second.transfer.archive = .single
+        plan.migrations.append(second)
+        let graph = try PlanCompiler.compile(plan)
+        let ids = graph.allSteps.map(\.id)
+        #expect(Set(ids).count == ids.count)
+        #expect(graph.ids(ofKind: "archive") == ["m1/a.archive@instance1", "a.archive@instance1"])
+        let paths = hostPaths(graph).map { "\($0.0):\($0.1)" }
+        #expect(Set(paths).count == paths.count, "\(paths)")
+        #expect(paths.contains("instance1:/var/lib/migplan/archives/m1.d/a.tar.zz"))
+        #expect(paths.contains("instance1:/var/lib/migplan/archives/a.tar.zz"))
+        #expect(paths.contains("instance2:/var/lib/migplan/incoming/m1.d/a.tar.zz"))
+        #expect(paths.contains("instance2:/var/lib/migplan/incoming/a.tar.zz"))
+    }
+
+    @Test func anArchiveFileNeverSitsWhereAnotherMigrationNeedsADirectory() throws {
+        // Migration "x" (one uncompressed archive: archives/x.tar) and migration "x.tar" (per
+        // container: a directory for its archives) must not fight over archives/x.tar.
+        var plan = PlanFixtures.plan(flow: .stateful, containers: ["a", "b"], archive: .single, compression: .none)
+        var second = plan.migrations[0]
+        plan.migrations[0].name = "x"
+        plan.migrations[0].containers = ["a"]
+        second.name = "x.tar"
+        second.containers = ["b"]
+        second.transfer.archive = .perContainer
+        plan.migrations.append(second)
+        let graph = try PlanCompiler.compile(plan)
+        let paths = hostPaths(graph).map { "\($0.0):\($0.1)" }
+        #expect(Set(paths).count == paths.count)
+        for path in paths {
+            for other in paths where other != path {
+                #expect(!other.hasPrefix(path + "/"), "\(other) needs \(path) to be a directory")
+            }
+        }
+        #expect(paths.contains("instance1:/var/lib/migplan/archives/x.tar"))
+        #expect(paths.contains("instance1:/var/lib/migplan/archives/x.tar.d/b.tar"))
+    }
+
+    @Test func aStatefulRollbackRemovesBothArchivesAndTheDestinationsRestoreDirectory() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful))
+        let group = try #require(graph.rollbacks.first)
+        guard case .cleanupDestination(let destination) = try #require(group.steps.first { $0.id == "app.cleanupDestination@instance2" }).action,
+              case .cleanupSource(let source) = try #require(group.steps.first { $0.id == "app.removeArchive@instance1" }).action
+        else { Issue.record("wrong actions"); return }
+        #expect(destination.instances.map(\.name) == ["app"])
+        for path in ["/var/lib/migplan/restore/move/app", "/var/lib/migplan/incoming/move.tar.zz",
+                     "/var/lib/migplan/incoming/move.tar.zz.sha256", "/var/lib/migplan/restore/move/.unpacked-move.tar.zz"] {
+            #expect(destination.paths.contains(path), "rollback leaves \(path) on the destination")
+        }
+        #expect(source.instances.isEmpty)
+        #expect(source.paths.contains("/var/lib/migplan/archives/move.tar.zz"))
+        // The source's own images stay: the rollback restores from them.
+        #expect(!source.paths.contains("/var/lib/migplan/checkpoints/move/app"))
+    }
+
+    @Test func afterVerificationTheDestinationsIncomingArchiveAndRestoreDirectoryAreRemoved() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful, replicas: 2, containers: ["face"]))
+        let cleanup = try #require(graph.step("move.cleanupIncoming@instance2"))
+        #expect(cleanup.location == .host("instance2"))
+        expectOrdered(graph, "face-1.verifyRunning@instance2", before: "move.cleanupIncoming@instance2")
+        expectOrdered(graph, "face-2.verifyRunning@instance2", before: "move.cleanupIncoming@instance2")
+        guard case .cleanupDestination(let action) = cleanup.action else { Issue.record("wrong action"); return }
+        #expect(action.instances.isEmpty, "the verified containers must never be removed")
+        for path in ["/var/lib/migplan/incoming/move.tar.zz", "/var/lib/migplan/restore/move/face-1",
+                     "/var/lib/migplan/restore/move/face-2", "/var/lib/migplan/restore/move/.unpacked-move.tar.zz"] {
+            #expect(action.paths.contains(path), "\(path) stays on the destination")
+        }
+        #expect(cleanup.onFailure.isEmpty)
+    }
+
+    @Test func gatesAreMarkedToBeCheckedAgainOnResume() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful))
+        let gates = graph.allSteps.filter(\.reverifyOnResume).map(\.id)
+        #expect(gates == ["move.preflight@instance1", "move.preflight@instance2", "move.verifyDigest@instance2",
+                          "app.verifyRunning@instance2", "app.verifyRunning@instance1"])
+    }
+
+    @Test func everyStepHasTheTimeoutOfItsKindOfAction() throws {
+        for flow: Flow in [.stateful, .stateless(order: .stopFirst), .stateless(order: .startFirst)] {
+            let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: flow))
+            for step in graph.allSteps {
+                #expect(step.timeoutSeconds == step.action.defaultTimeoutSeconds, "\(step.id)")
+                #expect((step.timeoutSeconds ?? 0) >= 60, "\(step.id)")
+            }
+        }
+        #expect(StepAction.transfer(TransferAction(from: "a", to: "b", route: .relay, sourcePath: "/s", destinationPath: "/d"))
+            .defaultTimeoutSeconds == 3600)
+    }
+
+    @Test func aGraphErrorIsAPositionedDiagnosticAndRendersAsJSON() throws {
+        let plan = PlanFixtures.plan(flow: .stateful)
+        let diagnostic = PlanCompiler.diagnostic(for: .duplicateStep("x"), in: plan)
+        #expect(diagnostic.description.hasPrefix("test.yaml:1:1: error:"))
+        let json = StepGraph.failureJSON(diagnostics: [diagnostic])
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        #expect(object["formatVersion"] as? Int == 1)
+        #expect(object["valid"] as? Bool == false)
+        let first = try #require((object["diagnostics"] as? [[String: Any]])?.first)
+        #expect(first["message"] as? String == "cannot compile the step graph: two steps have the id x")
+        #expect(first["line"] as? Int == 1)
     }
 }

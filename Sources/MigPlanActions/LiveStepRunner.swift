@@ -1,0 +1,684 @@
+import Foundation
+import MigPlanBasics
+import MigPlanEngine
+import MigPlanGraph
+import MigPlanModel
+import MigPlanRuntime
+import MigPlanSSH
+
+/// Test hooks: code run just before a step's act (keyed by step id), e.g. to corrupt an archive
+/// between transfer and restore. Production runs have none.
+public struct FaultHooks: Sendable {
+    public typealias Hook = @Sendable (_ step: Step, _ run: @Sendable (_ host: String, _ command: String) async throws -> CommandOutput) async throws -> Void
+    public var beforeAct: [StepID: Hook]
+    public init(beforeAct: [StepID: Hook] = [:]) { self.beforeAct = beforeAct }
+}
+
+/// Where each instance of the plan was found before the run, and what that means.
+public struct ConvergenceReport: Sendable {
+    public struct Finding: Sendable, Hashable {
+        public var migration: String
+        public var instance: String
+        public var source: String
+        public var destination: String
+        public var runningOnSource: Bool
+        public var runningOnDestination: Bool
+    }
+    public var findings: [Finding]
+
+    /// Migrations whose every instance already runs on the destination only.
+    public var convergedMigrations: Set<String> {
+        var byMigration: [String: [Finding]] = [:]
+        for f in findings { byMigration[f.migration, default: []].append(f) }
+        return Set(byMigration.filter { $0.value.allSatisfy { $0.runningOnDestination && !$0.runningOnSource } }.keys)
+    }
+
+    /// Instances on neither host or on both: the plan cannot be applied safely.
+    public var problems: [String] {
+        findings.compactMap { f in
+            if f.runningOnSource && f.runningOnDestination {
+                return "\(f.instance) runs on both \(f.source) and \(f.destination); refusing to touch it"
+            }
+            if !f.runningOnSource && !f.runningOnDestination {
+                return "\(f.instance) runs on neither \(f.source) nor \(f.destination); nothing to move"
+            }
+            return nil
+        }
+    }
+}
+
+/// The real `StepRunner`: every step becomes commands on the plan's hosts over the controller's
+/// SSH sessions (one per host per run), built by MigPlanRuntime with every plan value quoted.
+public final class LiveStepRunner: StepRunner, @unchecked Sendable {
+    public let plan: Plan
+    public let graph: StepGraph
+    public let sessions: SessionPool
+    public let recorder: CommandRecorder
+    public let hooks: FaultHooks
+    /// Bytes per second below which nothing is assumed; timeouts of long commands.
+    let commandTimeout: Duration = .seconds(600)
+    private let lock = NSLock()
+    private var converged: Set<String> = []
+    private var preMoveReports: [String: WorkloadReport] = [:]
+
+    public init(plan: Plan, graph: StepGraph, sessions: SessionPool, recorder: CommandRecorder = CommandRecorder(),
+                hooks: FaultHooks = FaultHooks()) {
+        self.plan = plan
+        self.graph = graph
+        self.sessions = sessions
+        self.recorder = recorder
+        self.hooks = hooks
+    }
+
+    // MARK: Convergence
+
+    /// Probes where every instance runs (opening the sessions). Migrations whose instances all run
+    /// on their destination only are then reported `unchanged` by every step's probe.
+    public func assessConvergence(markConverged: Bool = true) async throws -> ConvergenceReport {
+        var findings: [ConvergenceReport.Finding] = []
+        for migration in plan.migrations {
+            for container in plan.containers(of: migration) {
+                for name in container.replicaNames {
+                    let instance = ContainerInstance(name: name, container: container.name, runtime: container.runtime.rawValue)
+                    let onSource = try await ops(instance, on: migration.from).isRunning()
+                    let onDestination = try await ops(instance, on: migration.to).isRunning()
+                    findings.append(.init(migration: migration.name, instance: name, source: migration.from,
+                                          destination: migration.to, runningOnSource: onSource,
+                                          runningOnDestination: onDestination))
+                }
+            }
+        }
+        let report = ConvergenceReport(findings: findings)
+        if markConverged {
+            let done = report.convergedMigrations
+            lock.withLock { converged = done }
+        }
+        return report
+    }
+
+    private func isConverged(_ step: Step) -> Bool {
+        step.role == .forward && lock.withLock { converged.contains(step.migration) }
+    }
+
+    // MARK: Plumbing
+
+    func host(_ name: String) throws -> MigPlanModel.Host {
+        guard let h = plan.host(named: name) else { throw ActionError(.preflight, host: name, "host \(name) is not in the plan") }
+        return h
+    }
+
+    func runner(_ hostName: String) async throws -> RecordingRunner {
+        do {
+            return RecordingRunner(connection: try await sessions.connection(hostName), recorder: recorder, pool: sessions)
+        } catch {
+            throw ActionError.wrap(error, host: hostName)
+        }
+    }
+
+    func ops(_ instance: ContainerInstance, on hostName: String) async throws -> InstanceRuntime {
+        let h = try host(hostName)
+        guard let container = plan.container(named: instance.container) else {
+            throw ActionError(.preflight, host: hostName, "container \(instance.container) is not in the plan")
+        }
+        return InstanceRuntime(host: h, runtimeHost: RuntimeHost(runner: try await runner(hostName), timeout: commandTimeout),
+                               instance: instance, container: container)
+    }
+
+    /// Runs a command on a host; a non-zero exit is returned, not thrown.
+    func sh(_ hostName: String, _ command: String, timeout: Duration? = nil) async throws -> CommandOutput {
+        let r = try await runner(hostName)
+        do {
+            return try await r.run(command, timeout: timeout ?? commandTimeout)
+        } catch {
+            throw ActionError.wrap(error, host: hostName)
+        }
+    }
+
+    /// Runs a command that must succeed.
+    @discardableResult
+    func must(_ hostName: String, _ command: String, _ what: String, timeout: Duration? = nil) async throws -> CommandOutput {
+        let out = try await sh(hostName, command, timeout: timeout)
+        guard out.succeeded else {
+            let err = out.stderrTail(maxBytes: 800).trimmingCharacters(in: .whitespacesAndNewlines)
+            throw ActionError(.commandFailed, host: hostName, "\(what) failed (exit \(out.exitStatus))\(err.isEmpty ? "" : ": \(err)")")
+        }
+        return out
+    }
+
+    func hostName(of step: Step) throws -> String {
+        guard case .host(let name) = step.location else {
+            throw ActionError(.preflight, step: step.id, "step \(step.id) must run on a host")
+        }
+        return name
+    }
+
+    func migration(of step: Step) throws -> Migration {
+        guard let m = plan.migration(named: step.migration) else {
+            throw ActionError(.preflight, step: step.id, "migration \(step.migration) is not in the plan")
+        }
+        return m
+    }
+
+    private func scoped<T: Sendable>(_ context: StepContext, _ body: () async throws -> T) async throws -> T {
+        do {
+            return try await AttemptScope.$key.withValue(CommandRecorder.key(context.step.id, context.attempt)) {
+                try await body()
+            }
+        } catch {
+            var e = ActionError.wrap(error, host: nil)
+            e.step = context.step.id
+            throw e
+        }
+    }
+
+    // MARK: StepRunner
+
+    public func probe(_ context: StepContext) async throws -> ProbeResult {
+        if isConverged(context.step) { return .done }
+        return try await scoped(context) { try await probeStep(context) }
+    }
+
+    public func act(_ context: StepContext) async throws -> [String: String] {
+        try await scoped(context) {
+            if let hook = hooks.beforeAct[context.step.id] {
+                try await hook(context.step) { host, command in try await self.sh(host, command) }
+            }
+            return try await actStep(context)
+        }
+    }
+
+    public func verify(_ context: StepContext, outputs: [String: String]) async throws {
+        try await scoped(context) { try await verifyStep(context, outputs: outputs) }
+    }
+
+    // MARK: Probes
+
+    func probeStep(_ context: StepContext) async throws -> ProbeResult {
+        let step = context.step
+        switch step.action {
+        case .preflight, .ensureSessions, .verifyDigest, .verifyRunning:
+            return .needed
+        case .checkpoint(let a):
+            let h = try hostName(of: step)
+            if try await ops(a.instance, on: h).isRunning() { return .needed }
+            let out = try await sh(h, "test -f \(a.imagesDir.shellQuoted)/inventory.img")
+            return out.succeeded ? .done : .needed
+        case .archive(let a):
+            // Done only when the archive is newer than every checkpoint it holds (never a
+            // leftover of an earlier, failed run).
+            let p = a.archivePath.shellQuoted
+            let newer = a.imagesDirs.map { "[ \(p) -nt \($0.shellQuoted)/inventory.img ]" }.joined(separator: " && ")
+            let out = try await sh(try hostName(of: step), "test -f \(p) && \(newer.isEmpty ? "true" : newer) && stat -c %s \(p)")
+            return out.succeeded ? .done(outputs: ["bytes": out.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)]) : .needed
+        case .transfer(let a):
+            // Done when the destination holds what the source's current archive was when relayed
+            // (its size and modification time, recorded next to the received file).
+            let d = a.destinationPath.shellQuoted
+            let source = try await sh(a.from, "stat -c '%s %.9Y' \(a.sourcePath.shellQuoted)")
+            guard source.succeeded else { return .needed }
+            let out = try await sh(a.to, "test -f \(d) && cat \(d).sha256 \(d).source && stat -c %s \(d)")
+            let lines = out.stdoutText.split(separator: "\n").map(String.init)
+            guard out.succeeded, lines.count == 3,
+                  lines[1] == source.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) else { return .needed }
+            return .done(outputs: ["sha256": lines[0], "bytes": lines[2]])
+        case .unpack(let a):
+            // Done when the marker names the digest of the archive verified in this run.
+            guard let expected = unpackDigest(step, context.outputs) else { return .needed }
+            let out = try await sh(try hostName(of: step), "cat \(unpackMarker(a).shellQuoted)")
+            return out.succeeded && out.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == expected ? .done : .needed
+        case .restore(let a), .restoreOnSource(let a):
+            return try await ops(a.instance, on: try hostName(of: step)).isRunning() ? .done : .needed
+        case .start(let a):
+            return try await ops(a.instance, on: try hostName(of: step)).isRunning() ? .done : .needed
+        case .stop(let a), .kill(let a):
+            return try await ops(a.instance, on: try hostName(of: step)).isRunning() ? .needed : .done
+        case .cleanupSource(let a), .cleanupDestination(let a):
+            let h = try hostName(of: step)
+            for instance in a.instances where try await ops(instance, on: h).state().status != .absent { return .needed }
+            if a.paths.isEmpty { return .done }
+            let out = try await sh(h, a.paths.map { "[ ! -e \($0.shellQuoted) ] && [ ! -L \($0.shellQuoted) ]" }.joined(separator: " && "))
+            return out.succeeded ? .done : .needed
+        }
+    }
+
+    // MARK: Acts
+
+    func actStep(_ context: StepContext) async throws -> [String: String] {
+        let step = context.step
+        switch step.action {
+        case .preflight(let a): return try await preflight(step, a)
+        case .ensureSessions(let a):
+            var out: [String: String] = [:]
+            for h in a.hosts {
+                let c = try await sessions.connection(h)
+                out["\(h).algorithms"] = c.negotiatedAlgorithms.summary
+                out["\(h).hostKey"] = c.hostKeyFingerprint
+            }
+            return out
+        case .checkpoint(let a): return try await checkpoint(step, a)
+        case .archive(let a): return try await archive(step, a)
+        case .transfer(let a): return try await transfer(context, a)
+        case .verifyDigest(let a):
+            guard let expected = context.outputs[a.digestFrom]?["sha256"], !expected.isEmpty else {
+                throw ActionError(.digestMismatch, host: try hostName(of: step),
+                                  "no digest recorded by \(a.digestFrom); refusing to unpack \(a.archivePath)")
+            }
+            let h = try hostName(of: step)
+            let out = try await must(h, "sha256sum \(a.archivePath.shellQuoted)", "sha256sum")
+            let actual = String(out.stdoutText.prefix(while: { !$0.isWhitespace }))
+            guard actual == expected else {
+                throw ActionError(.digestMismatch, host: h,
+                                  "SHA-256 of \(a.archivePath) is \(actual), the controller relayed \(expected): refusing to unpack")
+            }
+            return ["sha256": actual]
+        case .unpack(let a): return try await unpack(step, a, outputs: context.outputs)
+        case .restore(let a), .restoreOnSource(let a):
+            let h = try hostName(of: step)
+            let m = try migration(of: step)
+            let ops = try await ops(a.instance, on: h)
+            let work = "\(ops.host.runtime.workDir)/work/\(m.name)/\(a.instance.name)/restore"
+            let started = ContinuousClock.now
+            try await ops.restore(from: a.imagesDir, work: work)
+            return ["seconds": String(format: "%.3f", seconds(ContinuousClock.now - started))]
+        case .verifyRunning(let a): return try await verifyRunning(step, a)
+        case .cleanupSource(let a): return try await cleanup(step, a, force: false)
+        case .cleanupDestination(let a): return try await cleanup(step, a, force: true)
+        case .stop(let a):
+            try await ops(a.instance, on: try hostName(of: step)).stop()
+            return [:]
+        case .kill(let a):
+            try await ops(a.instance, on: try hostName(of: step)).kill()
+            return [:]
+        case .start(let a):
+            try await ops(a.instance, on: try hostName(of: step)).start()
+            return [:]
+        }
+    }
+
+    func preflight(_ step: Step, _ a: PreflightAction) async throws -> [String: String] {
+        let h = try hostName(of: step)
+        let hostInfo = try host(h)
+        var out: [String: String] = [:]
+        for runtime in a.runtimes {
+            switch runtime {
+            case "runc":
+                let r = try await must(h, "runc --version", "runc --version (is runc installed on \(h)?)")
+                out["runc"] = r.stdoutText.split(separator: "\n").first.map(String.init) ?? ""
+            case "docker":
+                let host = hostInfo.runtime.dockerHost.map { " -H \($0.shellQuoted)" } ?? ""
+                let r = try await must(h, "docker\(host) version --format '{{.Server.Version}}'", "docker version (is dockerd running on \(h)?)")
+                out["docker"] = r.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+            default:
+                throw ActionError(.preflight, host: h, "unknown runtime \(runtime)")
+            }
+        }
+        if a.criuCheck {
+            let r = try await sh(h, CriuCommands().check(), timeout: .seconds(120))
+            guard CriuCommands.checkPassed(r) else {
+                throw ActionError(.preflight, host: h, "criu check failed: \((r.stdoutText + r.stderrText).suffix(400))")
+            }
+            out["criu"] = "ok"
+        }
+        let w = a.workDir.shellQuoted
+        let df = try await must(h, "mkdir -p \(w) && df -PB1 \(w)", "df \(a.workDir)")
+        let space = try HostProbes.parseFreeSpace(df, host: h)
+        let minimum: UInt64 = 256 << 20
+        guard space.availableBytes >= minimum else {
+            throw ActionError(.preflight, host: h, "only \(space.availableBytes) bytes free in \(a.workDir) (need at least \(minimum))")
+        }
+        out["freeBytes"] = String(space.availableBytes)
+        // On the source of a stateful move: each workload's state before anything is frozen.
+        let m = try migration(of: step)
+        if a.criuCheck, m.from == h {
+            for container in plan.containers(of: m) {
+                for name in container.replicaNames {
+                    let instance = ContainerInstance(name: name, container: container.name, runtime: container.runtime.rawValue)
+                    let ops = try await ops(instance, on: h)
+                    guard try await ops.isRunning(), let report = try? await ops.report(timeoutSeconds: 20) else { continue }
+                    lock.withLock { preMoveReports[name] = report }
+                    if let boot = report.boot { out["\(name).boot"] = boot }
+                }
+            }
+        }
+        return out
+    }
+
+    /// tmpfs directory for a checkpoint's images when the host has room (images written to memory
+    /// are faster to dump, archive and delete).
+    func tmpfsImagesDir(host: String, migration: String, instance: String) -> String {
+        "/dev/shm/migplan/\(host)/\(migration)/\(instance)"
+    }
+
+    func checkpoint(_ step: Step, _ a: CheckpointAction) async throws -> [String: String] {
+        let h = try hostName(of: step)
+        let m = try migration(of: step)
+        let ops = try await ops(a.instance, on: h)
+        var out: [String: String] = [:]
+        // The workload's state before the freeze (normally read by the source's preflight, so it
+        // costs no downtime), to compare with after the move.
+        if lock.withLock({ preMoveReports[a.instance.name] }) == nil, let report = try? await ops.report(timeoutSeconds: 10) {
+            lock.withLock { preMoveReports[a.instance.name] = report }
+        }
+        if let report = lock.withLock({ preMoveReports[a.instance.name] }) {
+            if let boot = report.boot { out["boot"] = boot }
+            if let counter = report.counter { out["counter"] = String(counter) }
+        }
+        let state = try await ops.state()
+        guard state.isRunning else {
+            throw ActionError(.containerState, host: h, "\(a.instance.name) is not running on \(h) (\(state.status.rawValue)); nothing to checkpoint")
+        }
+        let images = a.imagesDir.shellQuoted
+        let work = "\(ops.host.runtime.workDir)/work/\(m.name)/\(a.instance.name)/checkpoint"
+        var useTmpfs = false
+        if !ops.isDocker, let pid = state.pid, pid > 0 {
+            // Room on /dev/shm for twice the container's resident memory (+64 MiB)?
+            let probe = try await sh(h, "ps -o rss= --pid \(pid) --ppid \(pid) | awk '{s+=$1} END {print s*1024}'; df -PB1 /dev/shm | awk 'NR==2 {print $4}'")
+            let numbers = probe.stdoutText.split(separator: "\n").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+            if numbers.count == 2 { useTmpfs = numbers[1] > numbers[0] * 2 + Double(64 << 20) }
+        }
+        if useTmpfs {
+            let t = tmpfsImagesDir(host: h, migration: m.name, instance: a.instance.name).shellQuoted
+            try await must(h, "rm -rf \(images) \(t) && mkdir -p \(t) \"$(dirname \(images))\" && ln -s \(t) \(images)", "prepare tmpfs images dir")
+        } else {
+            try await must(h, "rm -rf \(images) && mkdir -p \"$(dirname \(images))\"", "prepare images dir")
+        }
+        out["images"] = useTmpfs ? "tmpfs" : "disk"
+        let started = ContinuousClock.now
+        try await ops.checkpoint(into: a.imagesDir, work: work)
+        out["seconds"] = String(format: "%.3f", seconds(ContinuousClock.now - started))
+        return out
+    }
+
+    func archive(_ step: Step, _ a: ArchiveAction) async throws -> [String: String] {
+        let h = try hostName(of: step)
+        let path = a.archivePath.shellQuoted
+        var members = ""
+        for (i, dir) in a.imagesDirs.enumerated() {
+            members += "d\(i)=$(readlink -f \(dir.shellQuoted)) && [ -f \"$d\(i)/inventory.img\" ] || { echo \"no checkpoint images in \(dir)\" >&2; exit 1; }; "
+        }
+        let words = a.imagesDirs.indices.map { "-C \"${d\($0)%/*}\" \"${d\($0)##*/}\"" }.joined(separator: " ")
+        let compress: String
+        switch a.compression {
+        case .none: compress = ""
+        case .zlib(let level): compress = " | gzip -\(min(9, max(1, level))) -n"
+        }
+        let script = "set -o pipefail; \(members)mkdir -p \"$(dirname \(path))\" && rm -f \(path).part && "
+            + "tar -c -f - \(words)\(compress) > \(path).part && mv \(path).part \(path) && stat -c %s \(path)"
+        let started = ContinuousClock.now
+        let out = try await must(h, script, "archive")
+        return ["bytes": out.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines),
+                "seconds": String(format: "%.3f", seconds(ContinuousClock.now - started))]
+    }
+
+    func transfer(_ context: StepContext, _ a: TransferAction) async throws -> [String: String] {
+        guard a.route == .relay else {
+            throw ActionError(.unsupported, step: context.step.id,
+                              "the direct transfer route (one-time keys) is not available in this build; use `path: relay`")
+        }
+        let statOut = try await must(a.from, "stat -c '%s %.9Y' \(a.sourcePath.shellQuoted)", "stat archive")
+        let sourceStamp = statOut.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        let total = sourceStamp.split(separator: " ").first.flatMap { Int64($0) }
+        let compressed: Bool
+        if case .archive(let arch)? = context.step.dependsOn.compactMap({ graph.step($0)?.action }).first {
+            compressed = arch.compression != .none
+        } else {
+            compressed = a.sourcePath.hasSuffix(".zz") || a.sourcePath.hasSuffix(".gz")
+        }
+        let source: SSHConnection
+        let destination: SSHConnection
+        do {
+            source = try await sessions.connection(a.from)
+            destination = try await sessions.connection(a.to)
+        } catch {
+            throw ActionError.wrap(error, host: nil)
+        }
+        let d = a.destinationPath.shellQuoted
+        let reporter = ProgressThrottle(context: context, total: total)
+        let recordKey = AttemptScope.key
+        let startedAt = Date()
+        let sendCommand = "cat \(a.sourcePath.shellQuoted)"
+        let receiveCommand = "mkdir -p \"$(dirname \(d))\" && rm -f \(d) \(d).sha256 \(d).source && cat > \(d).part"
+        let result: ValidatedRelayResult
+        do {
+            result = try await ValidatingRelay.run(from: source, sendCommand, to: destination, receiveCommand,
+                                                   compressed: compressed, timeout: commandTimeout,
+                                                   progress: { bytes in reporter.update(bytes) })
+        } catch {
+            if let key = recordKey {
+                recorder.append(CommandEntry(host: "controller", command: "relay \(a.from): \(sendCommand) -> \(a.to): \(receiveCommand)",
+                                             exitStatus: nil, stdoutTail: "", stderrTail: "", startedAt: startedAt,
+                                             duration: Date().timeIntervalSince(startedAt), error: String(describing: error)), key: key)
+            }
+            _ = try? await sh(a.to, "rm -f \(d).part")
+            if let e = error as? ActionError, e.kind == .transport, e.isRetryable {
+                await sessions.discard(a.from, broken: source)
+                await sessions.discard(a.to, broken: destination)
+            }
+            throw error
+        }
+        if let key = recordKey {
+            recorder.append(CommandEntry(host: "controller", command: "relay \(a.from): \(sendCommand) -> \(a.to): \(receiveCommand)",
+                                         exitStatus: 0, stdoutTail: "\(result.bytes) bytes, \(result.entries) tar entries, sha256 \(result.sha256)",
+                                         stderrTail: "", startedAt: startedAt, duration: seconds(result.duration), error: nil), key: key)
+        }
+        await context.reportProgress(bytes: result.bytes, total: total)
+        try await must(a.to, "mv \(d).part \(d) && printf '%s\\n' \(result.sha256) > \(d).sha256 && printf '%s\\n' \(sourceStamp.shellQuoted) > \(d).source",
+                       "finish receiving")
+        let secs = seconds(result.duration)
+        return ["sha256": result.sha256, "bytes": String(result.bytes), "seconds": String(format: "%.3f", secs),
+                "entries": String(result.entries),
+                "bytesPerSecond": String(format: "%.0f", secs > 0 ? Double(result.bytes) / secs : 0)]
+    }
+
+    /// The digest (from the transfer step) of the archive an unpack step unpacks.
+    func unpackDigest(_ step: Step, _ outputs: [StepID: [String: String]]) -> String? {
+        for dependency in step.dependsOn {
+            if case .verifyDigest(let v)? = graph.step(dependency)?.action { return outputs[v.digestFrom]?["sha256"] }
+        }
+        return nil
+    }
+
+    func unpackMarker(_ a: UnpackAction) -> String {
+        let name = a.archivePath.split(separator: "/").last.map(String.init) ?? "archive"
+        return "\(a.intoDir)/.unpacked-\(name)"
+    }
+
+    func unpack(_ step: Step, _ a: UnpackAction, outputs: [StepID: [String: String]]) async throws -> [String: String] {
+        let h = try hostName(of: step)
+        let compressed = a.compression != .none
+        let archive = a.archivePath.shellQuoted
+        let m = step.migration.isEmpty ? "unpack" : step.migration
+        let tag = UUID().uuidString.prefix(8)
+        let shmDir = "/dev/shm/migplan/\(h)/restore".shellQuoted
+        // A compressed archive is inflated once: into a plain tar on tmpfs (when there is room for
+        // it and its contents) while that same stream is listed; extraction then reads the plain tar.
+        let plain = "/dev/shm/migplan/\(h)/restore/\(m).\(tag).tar".shellQuoted
+        let free = "free=$(df -PB1 /dev/shm | awk 'NR==2 {print $4}')"
+        let listCommand: String
+        if compressed {
+            listCommand = "set -o pipefail; \(free); isize=$(gzip -l \(archive) | awk 'NR==2 {print $2}'); "
+                + "if [ \"${isize:-0}\" -gt 0 ] && [ \"$free\" -gt $((isize * 3 + 67108864)) ]; then "
+                + "mkdir -p \(shmDir) && gzip -dc \(archive) | tee \(plain) | { tar -t -v --quoting-style=c -f - && cat > /dev/null; } || { rm -f \(plain); exit 1; }; "
+                + "echo; echo \"plain yes\"; else tar -t -v --quoting-style=c -z -f \(archive) || exit 1; echo; echo \"plain no\"; fi; "
+                + "echo \"shm-free $free\""
+        } else {
+            listCommand = "\(free); tar -t -v --quoting-style=c -f \(archive) || exit 1; echo; echo \"plain no\"; echo \"shm-free $free\""
+        }
+        // 1. The listing, checked here before anything is written.
+        let listing = try await must(h, listCommand, "tar -tv")
+        var lines = listing.stdoutText.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        while lines.last == "" { lines.removeLast() }
+        var shmFree: Double = 0
+        var havePlain = false
+        if let last = lines.last, last.hasPrefix("shm-free ") {
+            shmFree = Double(last.dropFirst("shm-free ".count)) ?? 0
+            lines.removeLast()
+        }
+        if let last = lines.last, last.hasPrefix("plain ") {
+            havePlain = last == "plain yes"
+            lines.removeLast()
+        }
+        let checked: TarListingValidator.Summary
+        do {
+            checked = try TarListingValidator.summarize(lines.joined(separator: "\n"))
+        } catch {
+            if havePlain { _ = try? await sh(h, "rm -f \(plain)") }
+            throw ActionError(.archiveRefused, host: h, error.description)
+        }
+        // 2. Extraction into a fresh directory — on tmpfs when it has room for twice the images
+        //    (restores read them faster; the instance directories become symlinks to it) — then
+        //    each top-level entry put in place.
+        let into = a.intoDir.shellQuoted
+        let useTmpfs = shmFree > Double(checked.bytes) * 2 + Double(64 << 20)
+        let fresh = (useTmpfs ? "/dev/shm/migplan/\(h)/restore/\(m).\(tag)" : "\(a.intoDir).unpack-\(tag)").shellQuoted
+        let place = useTmpfs ? "ln -s \"$e\" \(into)/\"$n\"" : "mv \"$e\" \(into)/"
+        let source = havePlain ? "-f \(plain)" : (compressed ? "-z -f \(archive)" : "-f \(archive)")
+        let script = "set -e; rm -rf \(fresh); mkdir -p \(fresh) \(into); "
+            + "tar -x --no-same-owner --no-overwrite-dir \(source) -C \(fresh); "
+            + (havePlain ? "rm -f \(plain); " : "")
+            + "for e in \(fresh)/* ; do [ -e \"$e\" ] || continue; n=${e##*/}; "
+            + "old=$(readlink -f \(into)/\"$n\" 2>/dev/null || true); rm -rf \(into)/\"$n\"; "
+            + "case \"$old\" in /dev/shm/migplan/*) rm -rf \"$old\";; esac; \(place); done; "
+            + (useTmpfs ? "" : "rm -rf \(fresh); ")
+            + "printf '%s\\n' \((unpackDigest(step, outputs) ?? "unknown").shellQuoted) > \(unpackMarker(a).shellQuoted)"
+        do {
+            try await must(h, script, "unpack")
+        } catch {
+            if havePlain { _ = try? await sh(h, "rm -f \(plain)") }
+            throw error
+        }
+        return ["entries": String(checked.entries), "bytes": String(checked.bytes), "images": useTmpfs ? "tmpfs" : "disk",
+                "inflatedOnce": String(havePlain)]
+    }
+
+    func verifyRunning(_ step: Step, _ a: VerifyRunningAction) async throws -> [String: String] {
+        let h = try hostName(of: step)
+        let ops = try await ops(a.instance, on: h)
+        let state = try await ops.state()
+        guard state.isRunning else {
+            throw ActionError(.containerState, host: h, "\(a.instance.name) is not running on \(h) (\(state.status.rawValue))")
+        }
+        var out: [String: String] = ["status": state.status.rawValue]
+        guard let report = try await ops.report() else { return out }
+        if let boot = report.boot { out["boot"] = boot }
+        if let counter = report.counter { out["counter"] = String(counter) }
+        if let model = report.modelDigest { out["modelDigest"] = model }
+        if let intact = report.intact {
+            out["intact"] = String(intact)
+            guard intact else { throw ActionError(.stateLost, host: h, "\(a.instance.name): the workload reports its memory is not intact") }
+        }
+        if a.checkState, let before = lock.withLock({ preMoveReports[a.instance.name] }) {
+            if let b0 = before.boot, let b1 = report.boot, b0 != b1 {
+                throw ActionError(.stateLost, host: h, "\(a.instance.name): a different process answers (boot \(b1), was \(b0)): state lost")
+            }
+            if let m0 = before.modelDigest, let m1 = report.modelDigest, m0 != m1 {
+                throw ActionError(.stateLost, host: h, "\(a.instance.name): model digest \(m1) differs from \(m0) before the move")
+            }
+            if let c0 = before.counter, let c1 = report.counter, c1 < c0 {
+                throw ActionError(.stateLost, host: h, "\(a.instance.name): counter went back from \(c0) to \(c1)")
+            }
+        }
+        if a.checkState, step.role == .forward, let m = plan.migration(named: step.migration), m.to == h {
+            // Verified: the images this restore used are no longer needed (they may sit on tmpfs).
+            let dir = "\(try host(h).runtime.workDir)/restore/\(m.name)/\(a.instance.name)".shellQuoted
+            _ = try? await sh(h, "t=$(readlink -f \(dir) 2>/dev/null || true); rm -rf \(dir); case \"$t\" in /dev/shm/migplan/*) rm -rf \"$t\";; esac")
+        }
+        return out
+    }
+
+    func cleanup(_ step: Step, _ a: CleanupAction, force: Bool) async throws -> [String: String] {
+        let h = try hostName(of: step)
+        for instance in a.instances {
+            let ops = try await ops(instance, on: h)
+            let state = try await ops.state()
+            if state.isRunning && !force {
+                throw ActionError(.containerState, host: h, "\(instance.name) still runs on \(h); not removing it")
+            }
+            if state.status != .absent { try await ops.remove() }
+        }
+        if !a.paths.isEmpty {
+            // Checkpoint directories may be symlinks into /dev/shm/migplan: remove both.
+            let script = a.paths.map { p in
+                let q = p.shellQuoted
+                return "t=$(readlink -f \(q) 2>/dev/null || true); rm -rf \(q); case \"$t\" in /dev/shm/migplan/*) rm -rf \"$t\";; esac"
+            }.joined(separator: "; ")
+            try await must(h, script, "remove \(a.paths.joined(separator: ", "))")
+        }
+        return [:]
+    }
+
+    // MARK: Verify
+
+    func verifyStep(_ context: StepContext, outputs: [String: String]) async throws {
+        let step = context.step
+        switch step.action {
+        case .checkpoint(let a):
+            let h = try hostName(of: step)
+            if try await ops(a.instance, on: h).isRunning() {
+                throw ActionError(.containerState, host: h, "\(a.instance.name) still runs after its checkpoint")
+            }
+            try await must(h, "test -f \(a.imagesDir.shellQuoted)/inventory.img", "checkpoint images present")
+        case .restore, .restoreOnSource, .start:
+            let h = try hostName(of: step)
+            guard let instance = step.action.instanceCarried else { return }
+            if !(try await ops(instance, on: h).isRunning()) {
+                throw ActionError(.containerState, host: h, "\(instance.name) does not run on \(h) after \(step.action.kind)")
+            }
+        case .stop(let a), .kill(let a):
+            let h = try hostName(of: step)
+            if try await ops(a.instance, on: h).isRunning() {
+                throw ActionError(.containerState, host: h, "\(a.instance.name) still runs on \(h) after \(step.action.kind)")
+            }
+        default:
+            return
+        }
+    }
+}
+
+extension StepAction {
+    /// The single instance a step acts on, if any.
+    var instanceCarried: ContainerInstance? {
+        switch self {
+        case .checkpoint(let a): return a.instance
+        case .restore(let a), .restoreOnSource(let a): return a.instance
+        case .verifyRunning(let a): return a.instance
+        case .stop(let a), .kill(let a), .start(let a): return a.instance
+        default: return nil
+        }
+    }
+
+    /// Every instance a step concerns (the members of an archive, the containers of a cleanup).
+    var instancesConcerned: [ContainerInstance] {
+        switch self {
+        case .archive(let a): return a.instances
+        case .cleanupSource(let a), .cleanupDestination(let a): return a.instances
+        default: return instanceCarried.map { [$0] } ?? []
+        }
+    }
+}
+
+/// Turns the SSH layer's byte counts (on its own thread) into at most a few progress events a second.
+final class ProgressThrottle: @unchecked Sendable {
+    private let lock = NSLock()
+    private var last = ContinuousClock.now - .seconds(1)
+    private let context: StepContext
+    private let total: Int64?
+
+    init(context: StepContext, total: Int64?) {
+        self.context = context
+        self.total = total
+    }
+
+    func update(_ bytes: Int64) {
+        let now = ContinuousClock.now
+        let due: Bool = lock.withLock {
+            guard now - last >= .milliseconds(250) else { return false }
+            last = now
+            return true
+        }
+        guard due else { return }
+        let context = self.context
+        let total = self.total
+        Task { await context.reportProgress(bytes: bytes, total: total) }
+    }
+}

@@ -1,0 +1,143 @@
+import Foundation
+import MigPlanBasics
+import MigPlanModel
+import MigPlanSSH
+
+/// The controller's SSH sessions of one run: one connection per host, opened once (by the
+/// `ensureSessions` step, before anything is frozen, or at the first use) and reused by every step.
+public actor SessionPool {
+    public let plan: Plan
+    private let environment: [String: String]
+    private var open: [String: SSHConnection] = [:]
+    private var opening: [String: Task<SSHConnection, any Error>] = [:]
+
+    public init(plan: Plan, environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.plan = plan
+        self.environment = environment
+    }
+
+    /// The connection to `hostName`, connecting on first use.
+    public func connection(_ hostName: String) async throws -> SSHConnection {
+        if let c = open[hostName] { return c }
+        if let pending = opening[hostName] { return try await pending.value }
+        guard let host = plan.host(named: hostName) else {
+            throw ActionError(.preflight, host: hostName, "host \(hostName) is not in the plan")
+        }
+        guard let key = plan.key(named: host.key) else {
+            throw ActionError(.preflight, host: hostName, "key \(host.key) is not in the plan")
+        }
+        let passphrase = key.passphraseEnv.flatMap { environment[$0] }
+        if let name = key.passphraseEnv, passphrase == nil {
+            throw ActionError(.preflight, host: hostName, "the key \(key.name) needs its passphrase in the environment variable \(name), which is not set")
+        }
+        let ssh = plan.ssh
+        let endpoint = SSHEndpoint(hostName: host.name, address: host.address, port: host.port, user: host.user)
+        let algorithms = SSHAlgorithms(ciphers: ssh.ciphers, kex: ssh.kex, macs: ssh.macs, hostKeyTypes: ssh.hostKeyTypes)
+        let identity = SSHIdentity(privateKeyPath: key.path, passphrase: passphrase)
+        let keepalive: Duration? = ssh.keepalive == .zero ? nil : ssh.keepalive
+        let task = Task<SSHConnection, any Error> {
+            try await SSHConnection.connect(to: endpoint, algorithms: algorithms, identity: identity,
+                                            knownHostsPath: ssh.knownHosts, connectTimeout: ssh.connectTimeout,
+                                            keepaliveInterval: keepalive)
+        }
+        opening[hostName] = task
+        do {
+            let c = try await task.value
+            open[hostName] = c
+            opening[hostName] = nil
+            return c
+        } catch {
+            opening[hostName] = nil
+            throw error
+        }
+    }
+
+    /// Whether a session to `hostName` is open.
+    public func isOpen(_ hostName: String) -> Bool { open[hostName] != nil }
+
+    /// Drops a broken connection so that the next use reconnects (after a retryable failure).
+    /// `broken`: only that connection (another step may already have reconnected).
+    public func discard(_ hostName: String, broken: SSHConnection? = nil) {
+        if let broken, open[hostName] !== broken { return }
+        open.removeValue(forKey: hostName)?.close()
+    }
+
+    public func closeAll() {
+        for c in open.values { c.close() }
+        open = [:]
+    }
+}
+
+/// One command run during an attempt, as the journal records it.
+public struct CommandEntry: Sendable {
+    public var host: String
+    public var command: String
+    public var exitStatus: Int32?
+    public var stdoutTail: String
+    public var stderrTail: String
+    public var startedAt: Date
+    public var duration: Double
+    public var error: String?
+}
+
+/// Collects the commands each attempt ran (keyed by `stepID#attempt`), for the journal.
+public final class CommandRecorder: @unchecked Sendable {
+    private let lock = NSLock()
+    private var entries: [String: [CommandEntry]] = [:]
+
+    public init() {}
+
+    public static func key(_ step: String, _ attempt: Int) -> String { "\(step)#\(attempt)" }
+
+    func append(_ entry: CommandEntry, key: String) {
+        lock.withLock { entries[key, default: []].append(entry) }
+    }
+
+    /// Removes and returns what attempt `attempt` of `step` ran.
+    public func take(step: String, attempt: Int) -> [CommandEntry] {
+        lock.withLock { entries.removeValue(forKey: Self.key(step, attempt)) ?? [] }
+    }
+}
+
+/// The attempt a command belongs to (set by the runner around probe/act/verify).
+enum AttemptScope {
+    @TaskLocal static var key: String?
+}
+
+/// A `CommandRunner` over a host's SSH connection that records every command.
+struct RecordingRunner: CommandRunner {
+    let connection: SSHConnection
+    let recorder: CommandRecorder
+    /// Told about a broken connection, so that the next attempt reconnects.
+    let pool: SessionPool?
+
+    var hostName: String { connection.hostName }
+
+    func run(_ command: String, timeout: Duration?) async throws -> CommandOutput {
+        let started = Date()
+        let clock = ContinuousClock.now
+        do {
+            let out = try await connection.run(command, timeout: timeout)
+            record(command, started, clock, out: out, error: nil)
+            return out
+        } catch {
+            record(command, started, clock, out: nil, error: String(describing: error))
+            if error.isRetryable, let pool { await pool.discard(hostName, broken: connection) }
+            throw error
+        }
+    }
+
+    func record(_ command: String, _ started: Date, _ clock: ContinuousClock.Instant, out: CommandOutput?, error: String?) {
+        guard let key = AttemptScope.key else { return }
+        let elapsed = ContinuousClock.now - clock
+        recorder.append(CommandEntry(
+            host: hostName, command: command, exitStatus: out?.exitStatus,
+            stdoutTail: String(decoding: (out?.stdout ?? []).suffix(2048), as: UTF8.self),
+            stderrTail: String(decoding: (out?.stderr ?? []).suffix(2048), as: UTF8.self),
+            startedAt: started, duration: seconds(elapsed), error: error), key: key)
+    }
+}
+
+func seconds(_ d: Duration) -> Double {
+    Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+}

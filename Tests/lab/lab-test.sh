@@ -90,6 +90,31 @@ refuse_with "MAC hmac-sha1 is refused (only hmac-sha2-256)" "no matching MAC" la
 refuse_with "KEX curve25519-sha256 is refused (only diffie-hellman-group-exchange-sha256)" "no matching key exchange" \
   lab_ssh "$(addr 1)" -o KexAlgorithms=curve25519-sha256 -- true
 check "criu, runc, docker and ip are on PATH over ssh" lab_ssh "$(addr 1)" 'command -v criu runc docker ip'
+sshd_effective() {  # the effective sshd configuration of instance1 (sshd -T)
+  "$LAB" exec instance1 -- /usr/sbin/sshd -T -f "$LAB_DIR/hosts/instance1/sshd_config" \
+    -C user=root,host=controller,addr=10.77.0.1,laddr=10.77.0.11,lport=22
+}
+for setting in "strictmodes yes" "authenticationmethods publickey" "allowagentforwarding no" "permittunnel no" \
+               "allowtcpforwarding local" "allowstreamlocalforwarding no" "x11forwarding no" "permitlisten none"; do
+  check "sshd: $setting" bash -c "$(declare -f sshd_effective); LAB='$LAB' LAB_DIR='$LAB_DIR' sshd_effective | grep -qx '$setting'"
+done
+check "sshd: AuthorizedKeysFile /run/migplan-lab/authorized_keys and its directories are root's alone (StrictModes)" \
+  "$LAB" exec instance1 -- bash -c 'for p in / /run /run/migplan-lab /run/migplan-lab/authorized_keys; do
+    [[ $(stat -c %u "$p") == 0 ]] || exit 1; (( 0$(stat -c %a "$p") & 022 )) && exit 1; done; exit 0'
+lab_fwd() {  # lab_fwd TARGET: ssh -W TARGET through instance1 (a direct-tcpip channel)
+  timeout 15 ssh -F /dev/null -n -o BatchMode=yes -o ConnectTimeout=5 -o StrictHostKeyChecking=yes \
+    -o UserKnownHostsFile="$KNOWN" -o GlobalKnownHostsFile=/dev/null -o IdentitiesOnly=yes -i "$KEY" \
+    -W "$1" "root@$(addr 1)"
+}
+if [[ $(lab_fwd "$(addr 2):22" 2>"$OUT" | head -c 4) == SSH- ]]; then
+  pass "local forwarding (direct-tcpip) to another lab host works"
+else
+  fail "local forwarding (direct-tcpip) to another lab host works"
+fi
+refuse_with "local forwarding to an address outside PermitOpen is refused" "administratively prohibited" \
+  bash -c "$(declare -f lab_fwd addr); KNOWN='$KNOWN' KEY='$KEY' lab_fwd 10.77.0.200:22 | grep -q SSH-"
+refuse_with "remote forwarding is refused" "remote port forwarding failed" \
+  lab_ssh "$(addr 1)" -o ExitOnForwardFailure=yes -R 127.0.0.1:0:127.0.0.1:9 -- sleep 1
 
 echo "== separate hosts"
 marker="lab-test-$$-$RANDOM"
@@ -130,10 +155,56 @@ check "psql from instance1 over SSL works" "$LAB" exec instance1 -- env PGPASSWO
   psql -X -Atq "$(pg_url verify-full)" -c 'select 1'
 check "pg stop stops PostgreSQL" bash -c "'$LAB' pg stop && ! pg_isready -q -h 10.77.0.1 -p 5433 -t 2"
 check "pg start starts it again (role and database kept)" bash -c "'$LAB' pg start && '$LAB' pg status"
+# A listener on port 5433 that is not a lab's PostgreSQL is never stopped (review item 8).
+fake_pg() {  # fake_pg ADDR: a process named postgres listening on ADDR:5433, in the background
+  ( exec -a postgres /usr/bin/python3 -c "import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('$1', 5433)); s.listen(); time.sleep(300)" ) \
+    </dev/null >/dev/null 2>&1 &
+  FAKE=$!
+  for _ in $(seq 50); do ss -Hltn "( sport = :5433 )" | grep -qF "$1:5433" && return 0; sleep 0.1; done
+  return 1
+}
+if [[ -x /usr/bin/python3 ]]; then
+  if fake_pg 127.0.0.1; then
+    check "up with an unrelated postgres on 127.0.0.1:5433 succeeds" "$LAB" up
+    check "... and leaves that process alone" kill -0 "$FAKE"
+    kill "$FAKE" 2>/dev/null; wait "$FAKE" 2>/dev/null
+  else
+    fail "could not start a stand-in listener on 127.0.0.1:5433"
+  fi
+  "$LAB" pg stop >/dev/null 2>&1
+  if fake_pg 10.77.0.1; then
+    refuse_with "pg start refuses to stop a non-lab postgres on 10.77.0.1:5433" "not a migplan lab's PostgreSQL" "$LAB" pg start
+    check "... and that process is still running" kill -0 "$FAKE"
+    kill "$FAKE" 2>/dev/null; wait "$FAKE" 2>/dev/null
+  else
+    fail "could not start a stand-in listener on 10.77.0.1:5433"
+  fi
+  check "pg start after the stand-in went away" bash -c "'$LAB' pg start && '$LAB' pg status"
+fi
 if ((N >= 3)); then
   refuse_with "psql from instance3 (not in pg_hba.conf) is refused" "no pg_hba.conf entry" "$LAB" exec instance3 -- \
     env PGPASSWORD="$(cat "$LAB_DIR/pg/password")" psql -X -Atq "$(pg_url verify-full)" -c 'select 1'
 fi
+
+echo "== lab directory and owner safety"
+SCRATCH=$(mktemp -d /tmp/lab-test-scratch.XXXXXX)
+mkdir -p "$SCRATCH/notalab" && echo precious > "$SCRATCH/notalab/file"
+for d in / /srv /var/lib /home "$HOME" "$REPO"; do
+  refuse_with "down --purge refuses MIGPLAN_LAB_DIR=$d" "refusing to purge" env MIGPLAN_LAB_DIR="$d" "$LAB" down --purge
+done
+refuse_with "down --purge refuses a directory without the lab marker" "has no" \
+  env MIGPLAN_LAB_DIR="$SCRATCH/notalab" "$LAB" down --purge
+check "... and leaves it intact" test -s "$SCRATCH/notalab/file"
+refuse_with "up refuses a non-empty directory that holds no lab" "holds no lab" \
+  env MIGPLAN_LAB_DIR="$SCRATCH/notalab" "$LAB" up
+refuse_with "up refuses MIGPLAN_LAB_DIR=/srv" "refusing to use" env MIGPLAN_LAB_DIR=/srv "$LAB" up
+check "up wrote the lab marker" test -f "$LAB_DIR/.migplan-lab"
+refuse_with "down from another lab directory refuses to remove this running lab" "is not this one" \
+  env MIGPLAN_LAB_DIR="$SCRATCH/otherlab" "$LAB" down
+check "... and the lab is still healthy" "$LAB" status
+check "the bridge names its owner" bash -c "ip -o link show dev mpbr0 | grep -qF 'alias migplan-lab:$LAB_DIR'"
+rm -rf "$SCRATCH"
 
 echo "== down"
 hostkey_before=$(cat "$KNOWN")

@@ -69,7 +69,7 @@ extension LabCommand {
         func run() throws { try LabScript.replaceProcess(with: scriptArguments) }
     }
 
-    /// `migplan lab down [--purge]`
+    /// `migplan lab down [--purge] [--force]`
     struct Down: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Stop and remove everything the lab made (keys stay unless --purge)."
@@ -78,7 +78,10 @@ extension LabCommand {
         @Flag(name: .long, help: "Also delete the lab's state directory (.lab), keys included.")
         var purge = false
 
-        var scriptArguments: [String] { purge ? ["down", "--purge"] : ["down"] }
+        @Flag(name: .long, help: "Also remove lab parts that another lab directory owns.")
+        var force = false
+
+        var scriptArguments: [String] { ["down"] + (purge ? ["--purge"] : []) + (force ? ["--force"] : []) }
 
         func run() throws { try LabScript.replaceProcess(with: scriptArguments) }
     }

@@ -19,6 +19,8 @@ import Testing
     @Test func downPassesPurge() throws {
         #expect(try LabCommand.Down.parse([]).scriptArguments == ["down"])
         #expect(try LabCommand.Down.parse(["--purge"]).scriptArguments == ["down", "--purge"])
+        #expect(try LabCommand.Down.parse(["--force"]).scriptArguments == ["down", "--force"])
+        #expect(try LabCommand.Down.parse(["--purge", "--force"]).scriptArguments == ["down", "--purge", "--force"])
     }
 
     @Test func execPassesTheCommandVerbatimAfterTheHost() throws {

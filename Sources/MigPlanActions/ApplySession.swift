@@ -125,7 +125,8 @@ public enum ApplySession {
             throw ApplyError(.journalUnreachable, "the journal at \(config.target) is unreachable: \(error)\napply refuses to run without its journal (the record of what was done)")
         }
         do {
-            let result = try await run(plan: plan, planFile: planFile, graph: graph, journal: journal, secrets: password.map { [$0] } ?? [],
+            let result = try await run(plan: plan, planFile: planFile, graph: graph, journal: journal,
+                                       secrets: secrets(of: plan, environment: options.environment, journalPassword: password),
                                        options: options)
             await journal.close()
             return result
@@ -133,6 +134,18 @@ public enum ApplySession {
             await journal.close()
             throw error
         }
+    }
+
+    /// Every secret a run could echo, to be redacted from what the journal records: the journal
+    /// password and the passphrases of the plan's keys (read from the environment variables the
+    /// plan names).
+    public static func secrets(of plan: Plan, environment: [String: String], journalPassword: String?) -> [String] {
+        var result: [String] = []
+        if let p = journalPassword, !p.isEmpty { result.append(p) }
+        for key in plan.keys {
+            if let name = key.passphraseEnv, let value = environment[name], !value.isEmpty { result.append(value) }
+        }
+        return result
     }
 
     static func resumeState(_ runID: String, graph: StepGraph, journal: MigPlanJournal.Journal) async throws -> ResumeState {
@@ -177,8 +190,12 @@ public enum ApplySession {
         let sessions = SessionPool(plan: plan, environment: options.environment)
         let recorder = CommandRecorder()
         let runner = LiveStepRunner(plan: plan, graph: graph, sessions: sessions, recorder: recorder, hooks: options.hooks)
+        runner.resumed = resume != nil
         let journalObserver = JournalObserver(runID: runID, journal: journal, graph: graph, recorder: recorder, secrets: secrets)
-        let observer: any ExecutionObserver = options.observer.map { FanOutObserver([journalObserver, $0]) } ?? journalObserver
+        // The runner learns of abandoned steps first (before the journal writes), so that the
+        // rollback the executor may start next knows.
+        let observers: [any ExecutionObserver] = [AbandonedStepObserver(runner: runner), journalObserver] + (options.observer.map { [$0] } ?? [])
+        let observer: any ExecutionObserver = FanOutObserver(observers)
         let instances = plan.migrations.flatMap { plan.instanceNames(of: $0) }
 
         var result = ApplyResult(runID: runID, outcome: .failed, changed: false, report: nil, metrics: [], problems: [],
@@ -208,7 +225,7 @@ public enum ApplySession {
                 r.changed = report.changedAnything
                 r.outcome = report.succeeded ? .succeeded : (report.stopped ? .stopped : .failed)
                 r.problems = report.finishOrder.compactMap { id in
-                    if case .failed(let f)? = report.outcomes[id] { return "\(id): \(f.message)" }
+                    if case .failed(let f)? = report.outcomes[id] { return JournalRedaction.redact("\(id): \(f.message)", secrets: secrets) }
                     return nil
                 }
                 return r

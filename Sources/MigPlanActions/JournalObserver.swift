@@ -105,25 +105,34 @@ public actor JournalObserver: ExecutionObserver {
             switch outcome {
             case .changed: status = "changed"; detail = Self.json(outputs)
             case .unchanged: status = "unchanged"; detail = Self.json(outputs)
-            case .failed(let f): status = "failed"; detail = f.description
+            case .failed(let f): status = "failed"; detail = Self.failureDetail(f, step: graph.step(id))
             case .skipped(let cause): status = "skipped"; detail = cause.description
             }
             timings[id] = StepTiming(started: started[id]!, ended: ended, outcome: status, outputs: outputs)
             let record = stepRecord(id, status: status, ended: ended, detail: detail.map { JournalRedaction.redact($0, secrets: secrets) })
             await write("step \(id)") { try await journal.recordStep(record) }
+            if case .failed(let f) = outcome, f.effectUnknown {
+                await write("audit") {
+                    try await journal.appendAudit(AuditEvent(
+                        runID: runID, action: "step.effect-unknown", subject: id,
+                        detail: JournalRedaction.redact(detail ?? "", secrets: secrets)))
+                }
+            }
             if status == "changed" || status == "failed" {
                 let step = graph.step(id)
                 await write("audit") {
                     try await journal.appendAudit(AuditEvent(
                         runID: runID, action: "step.\(status)", subject: id,
-                        detail: (step?.action.summary ?? "") + (status == "failed" ? " — \(detail ?? "")" : "")))
+                        detail: JournalRedaction.redact(
+                            (step?.action.summary ?? "") + (status == "failed" ? " — \(detail ?? "")" : ""), secrets: secrets)))
                 }
             }
         case .stopRequested:
             await write("audit") { try await journal.appendAudit(AuditEvent(runID: runID, action: "run.stop-requested", subject: runID)) }
         case .rollbackStarted(let group, let reason):
             await write("audit") {
-                try await journal.appendAudit(AuditEvent(runID: runID, action: "rollback.start", subject: group, detail: reason))
+                try await journal.appendAudit(AuditEvent(runID: runID, action: "rollback.start", subject: group,
+                                                         detail: JournalRedaction.redact(reason, secrets: secrets)))
             }
         case .runFinished:
             metrics = MetricsCalculator.compute(graph: graph, timings: timings)
@@ -137,6 +146,20 @@ public actor JournalObserver: ExecutionObserver {
                 await write("metrics \(m.container)") { try await journal.recordMetric(record) }
             }
         }
+    }
+
+    /// A failed step's journal detail: the failure, and when it timed out whether its effect is
+    /// known (an abandoned command may still be running on the host).
+    static func failureDetail(_ f: StepFailure, step: Step?) -> String {
+        var text = f.description
+        var host = "the host"
+        if case .host(let h)? = step?.location { host = h }
+        if f.effectUnknown {
+            text += " [timed out; effect unknown: its command may still be running on \(host); rollback steps there wait for it]"
+        } else if f.timedOut {
+            text += " [timed out]"
+        }
+        return text
     }
 
     static func json(_ outputs: [String: String]) -> String? {

@@ -55,11 +55,22 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
     public let sessions: SessionPool
     public let recorder: CommandRecorder
     public let hooks: FaultHooks
-    /// Bytes per second below which nothing is assumed; timeouts of long commands.
-    let commandTimeout: Duration = .seconds(600)
+    /// Timeout of a remote command outside any step (convergence probes); within a step, see
+    /// `AttemptScope.commandTimeout`.
+    let defaultCommandTimeout: Duration = .seconds(600)
+    var commandTimeout: Duration { AttemptScope.commandTimeout ?? defaultCommandTimeout }
+    /// Steps that failed with their effect unknown (timed out, abandoned while a command may
+    /// still run on the host): rollback steps on that host wait for such commands to end.
+    private var abandoned: [StepID] = []
     private let lock = NSLock()
     private var converged: Set<String> = []
     private var preMoveReports: [String: WorkloadReport] = [:]
+    /// Steps whose act this runner started (in this process). On a fresh run, a file found on a
+    /// host counts as a step's effect only when this run made it (never a leftover of an earlier
+    /// run); a destination that never saw a restore/start in this run cannot run the container.
+    private var actedSteps: Set<StepID> = []
+    /// Set for `apply --resume`: what the earlier run did on the hosts is not known here.
+    public var resumed = false
 
     public init(plan: Plan, graph: StepGraph, sessions: SessionPool, recorder: CommandRecorder = CommandRecorder(),
                 hooks: FaultHooks = FaultHooks()) {
@@ -162,12 +173,68 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
     private func scoped<T: Sendable>(_ context: StepContext, _ body: () async throws -> T) async throws -> T {
         do {
             return try await AttemptScope.$key.withValue(CommandRecorder.key(context.step.id, context.attempt)) {
-                try await body()
+                try await AttemptScope.$commandTimeout.withValue(Self.commandBudget(for: context.step)) {
+                    if context.step.role == .rollback { try await settleAbandonedCommands(before: context.step) }
+                    return try await body()
+                }
             }
         } catch {
             var e = ActionError.wrap(error, host: nil)
             e.step = context.step.id
             throw e
+        }
+    }
+
+    /// A remote command's timeout within `step`: the step's timeout less a margin (for the
+    /// step's other commands and for reporting), at least 30 s.
+    static func commandBudget(for step: Step) -> Duration {
+        guard let limit = step.timeoutSeconds, limit > 0 else { return .seconds(600) }
+        let budget = max(30, limit - max(15, limit * 0.05))
+        return .milliseconds(Int64(min(limit, budget) * 1000))
+    }
+
+    /// Records that this runner started a step's act.
+    func noteActed(_ id: StepID) {
+        _ = lock.withLock { actedSteps.insert(id) }
+    }
+
+    // MARK: Abandoned steps
+
+    /// Told by `AbandonedStepObserver` that a step failed with its effect unknown.
+    func noteEffectUnknown(_ id: StepID) {
+        lock.withLock { abandoned.append(id) }
+    }
+
+    /// Steps with an unknown effect so far.
+    public var stepsWithUnknownEffect: [StepID] { lock.withLock { abandoned } }
+
+    /// Before a rollback step acts on a host where a step was abandoned (its command may still be
+    /// running: a CRIU dump freezing the container, a restore that may yet start it on the
+    /// destination), waits until no runc/criu/docker process naming the step's containers runs
+    /// there any more, so the rollback does not race it. Fails (naming the step) if they do not end.
+    func settleAbandonedCommands(before step: Step) async throws {
+        guard case .host(let h) = step.location else { return }
+        let names = Set(step.action.instancesConcerned.map(\.name))
+        let relevant: [Step] = lock.withLock { abandoned }.compactMap { graph.step($0) }.filter { s in
+            let onHost: Bool
+            if case .host(let other) = s.location { onHost = other == h } else { onHost = true }
+            return onHost && (names.isEmpty || !names.isDisjoint(with: s.action.instancesConcerned.map(\.name)))
+        }
+        guard !relevant.isEmpty else { return }
+        let involved = names.isEmpty ? Set(relevant.flatMap { $0.action.instancesConcerned.map(\.name) }) : names
+        guard !involved.isEmpty else { return }
+        let patterns = involved.sorted().map { "-e \($0.shellQuoted)" }.joined(separator: " ")
+        let check = "ps -eo pid=,args= | grep -E -e ' (runc|criu|docker|tar|gzip)( |$)' -e '/(runc|criu|docker)( |$)' | grep -F -w \(patterns) | grep -v -F -e 'grep ' || true"
+        let deadline = ContinuousClock.now + .seconds(360)
+        while true {
+            let out = try await sh(h, check, timeout: .seconds(30))
+            let busy = out.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+            if busy.isEmpty { return }
+            if ContinuousClock.now > deadline {
+                throw ActionError(.containerState, host: h, step: step.id,
+                                  "\(relevant.map(\.id).joined(separator: ", ")) timed out with its effect unknown and its commands still run on \(h) after 6 minutes: \(busy.prefix(300)); not rolling back over them")
+            }
+            try await Task.sleep(for: .seconds(1))
         }
     }
 
@@ -179,7 +246,8 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
     }
 
     public func act(_ context: StepContext) async throws -> [String: String] {
-        try await scoped(context) {
+        noteActed(context.step.id)
+        return try await scoped(context) {
             if let hook = hooks.beforeAct[context.step.id] {
                 try await hook(context.step) { host, command in try await self.sh(host, command) }
             }
@@ -204,25 +272,31 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
             let out = try await sh(h, "test -f \(a.imagesDir.shellQuoted)/inventory.img")
             return out.succeeded ? .done : .needed
         case .archive(let a):
-            // Done only when the archive is newer than every checkpoint it holds (never a
-            // leftover of an earlier, failed run).
+            // A fresh run trusts only an archive it wrote itself (a leftover of an earlier run may
+            // hold an older state); then it must still be newer than every checkpoint it holds.
+            guard trustsFilesOf(context) else { return .needed }
             let p = a.archivePath.shellQuoted
             let newer = a.imagesDirs.map { "[ \(p) -nt \($0.shellQuoted)/inventory.img ]" }.joined(separator: " && ")
             let out = try await sh(try hostName(of: step), "test -f \(p) && \(newer.isEmpty ? "true" : newer) && stat -c %s \(p)")
             return out.succeeded ? .done(outputs: ["bytes": out.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)]) : .needed
         case .transfer(let a):
             // Done when the destination holds what the source's current archive was when relayed
-            // (its size and modification time, recorded next to the received file).
+            // (its size and modification time, recorded next to the received file) and the file's
+            // digest is still the one relayed. Never on a fresh run for a file it did not relay.
+            guard trustsFilesOf(context) else { return .needed }
             let d = a.destinationPath.shellQuoted
             let source = try await sh(a.from, "stat -c '%s %.9Y' \(a.sourcePath.shellQuoted)")
             guard source.succeeded else { return .needed }
-            let out = try await sh(a.to, "test -f \(d) && cat \(d).sha256 \(d).source && stat -c %s \(d)")
+            let out = try await sh(a.to, "test -f \(d) && cat \(d).sha256 \(d).source && stat -c %s \(d) && sha256sum \(d)")
             let lines = out.stdoutText.split(separator: "\n").map(String.init)
-            guard out.succeeded, lines.count == 3,
-                  lines[1] == source.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) else { return .needed }
+            guard out.succeeded, lines.count == 4,
+                  lines[1] == source.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines),
+                  lines[3].prefix(while: { !$0.isWhitespace }) == lines[0] else { return .needed }
             return .done(outputs: ["sha256": lines[0], "bytes": lines[2]])
         case .unpack(let a):
-            // Done when the marker names the digest of the archive verified in this run.
+            // Done when the marker names the digest of the archive verified in this run (and this
+            // run, or the resumed one, unpacked it).
+            guard trustsFilesOf(context) else { return .needed }
             guard let expected = unpackDigest(step, context.outputs) else { return .needed }
             let out = try await sh(try hostName(of: step), "cat \(unpackMarker(a).shellQuoted)")
             return out.succeeded && out.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == expected ? .done : .needed
@@ -234,11 +308,54 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
             return try await ops(a.instance, on: try hostName(of: step)).isRunning() ? .needed : .done
         case .cleanupSource(let a), .cleanupDestination(let a):
             let h = try hostName(of: step)
-            for instance in a.instances where try await ops(instance, on: h).state().status != .absent { return .needed }
-            if a.paths.isEmpty { return .done }
-            let out = try await sh(h, a.paths.map { "[ ! -e \($0.shellQuoted) ] && [ ! -L \($0.shellQuoted) ]" }.joined(separator: " && "))
-            return out.succeeded ? .done : .needed
+            if step.role == .rollback, case .cleanupDestination = step.action {
+                do {
+                    return try await cleanupProbe(h, a)
+                } catch {
+                    // Unreachable but provably not running the container: the act records it.
+                    if unreachableDestinationReason(step, a, host: h, error: error) != nil { return .needed }
+                    throw error
+                }
+            }
+            return try await cleanupProbe(h, a)
         }
+    }
+
+    func cleanupProbe(_ h: String, _ a: CleanupAction) async throws -> ProbeResult {
+        for instance in a.instances where try await ops(instance, on: h).state().status != .absent { return .needed }
+        if a.paths.isEmpty { return .done }
+        let out = try await sh(h, a.paths.map { "[ ! -e \($0.shellQuoted) ] && [ ! -L \($0.shellQuoted) ]" }.joined(separator: " && "))
+        return out.succeeded ? .done : .needed
+    }
+
+    /// Whether a probe may take a file on a host for this step's effect: only when this runner
+    /// acted the step (a retry) or a resumed run had completed it, never a leftover of an earlier
+    /// run found by a fresh one (it may hold an older checkpoint than the current one).
+    func trustsFilesOf(_ context: StepContext) -> Bool {
+        context.previouslyCompleted || lock.withLock { actedSteps.contains(context.step.id) }
+    }
+
+    /// A rollback's `cleanupDestination` whose host cannot be reached (sshd dead, host down): the
+    /// source must get its container back, which the rollback does only after this step succeeds.
+    /// That is safe only when the destination cannot be running the container, i.e. no restore or
+    /// start of it acted there in this run (and this is not a resumed run, whose predecessor's acts
+    /// are unknown here). Returns the reason to record, or nil when the failure must stand.
+    func unreachableDestinationReason(_ step: Step, _ a: CleanupAction, host h: String, error: any Error) -> String? {
+        guard step.role == .rollback, !resumed else { return nil }
+        let e = ActionError.wrap(error, host: h)
+        guard e.kind == .transport else { return nil }
+        let names = Set(a.instances.map(\.name))
+        let risky = graph.steps.filter { s in
+            guard s.role == .forward, s.location == .host(h) else { return false }
+            switch s.action {
+            case .restore(let r): return names.contains(r.instance.name)
+            case .start(let r): return names.contains(r.instance.name)
+            default: return false
+            }
+        }
+        let acted = lock.withLock { risky.contains { actedSteps.contains($0.id) } }
+        guard !acted else { return nil }
+        return "\(h) unreachable (\(e.message)); no restore or start of \(names.sorted().joined(separator: ", ")) ran there in this run, so it cannot run there"
     }
 
     // MARK: Acts
@@ -282,7 +399,14 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
             return ["seconds": String(format: "%.3f", seconds(ContinuousClock.now - started))]
         case .verifyRunning(let a): return try await verifyRunning(step, a)
         case .cleanupSource(let a): return try await cleanup(step, a, force: false)
-        case .cleanupDestination(let a): return try await cleanup(step, a, force: true)
+        case .cleanupDestination(let a):
+            do {
+                return try await cleanup(step, a, force: true)
+            } catch {
+                let h = try hostName(of: step)
+                guard let reason = unreachableDestinationReason(step, a, host: h, error: error) else { throw error }
+                return ["destinationUnreachable": reason, "leftOnDestination": a.paths.joined(separator: " ")]
+            }
         case .stop(let a):
             try await ops(a.instance, on: try hostName(of: step)).stop()
             return [:]
@@ -544,7 +668,9 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
         do {
             try await must(h, script, "unpack")
         } catch {
-            if havePlain { _ = try? await sh(h, "rm -f \(plain)") }
+            // Nothing half-extracted stays (it may be a memory dump on tmpfs); what was already
+            // put in place goes with the rollback's cleanup of the destination.
+            _ = try? await sh(h, "rm -rf \(fresh)" + (havePlain ? " \(plain)" : ""), timeout: .seconds(120))
             throw error
         }
         return ["entries": String(checked.entries), "bytes": String(checked.bytes), "images": useTmpfs ? "tmpfs" : "disk",
@@ -553,6 +679,25 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
 
     func verifyRunning(_ step: Step, _ a: VerifyRunningAction) async throws -> [String: String] {
         let h = try hostName(of: step)
+        var out = try await verifyRunningState(step, a, host: h)
+        if a.checkState, step.role == .rollback, let m = plan.migration(named: step.migration), m.from == h {
+            // The container runs again on the source, verified (same process when it answers
+            // reports): its checkpoint images — a memory dump, possibly on tmpfs — are no longer
+            // needed and must not stay at rest. Never removed before this point.
+            let dirs = checkpointImageDirs(of: a.instance.name, migration: m.name)
+            if !dirs.isEmpty {
+                let removal = try? await sh(h, Self.removeScript(dirs), timeout: .seconds(120))
+                if removal?.succeeded == true {
+                    out["imagesRemoved"] = dirs.joined(separator: " ")
+                } else {
+                    out["imagesLeft"] = dirs.joined(separator: " ")
+                }
+            }
+        }
+        return out
+    }
+
+    func verifyRunningState(_ step: Step, _ a: VerifyRunningAction, host h: String) async throws -> [String: String] {
         let ops = try await ops(a.instance, on: h)
         let state = try await ops.state()
         guard state.isRunning else {
@@ -580,10 +725,36 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
         }
         if a.checkState, step.role == .forward, let m = plan.migration(named: step.migration), m.to == h {
             // Verified: the images this restore used are no longer needed (they may sit on tmpfs).
-            let dir = "\(try host(h).runtime.workDir)/restore/\(m.name)/\(a.instance.name)".shellQuoted
-            _ = try? await sh(h, "t=$(readlink -f \(dir) 2>/dev/null || true); rm -rf \(dir); case \"$t\" in /dev/shm/migplan/*) rm -rf \"$t\";; esac")
+            _ = try? await sh(h, Self.removeCommand("\(try host(h).runtime.workDir)/restore/\(m.name)/\(a.instance.name)"))
         }
         return out
+    }
+
+    /// The source's checkpoint image directories of an instance in a migration.
+    func checkpointImageDirs(of instance: String, migration: String) -> [String] {
+        graph.steps.compactMap { s in
+            guard s.migration == migration, case .checkpoint(let c) = s.action, c.instance.name == instance else { return nil }
+            return c.imagesDir
+        }
+    }
+
+    /// Removes `paths` (see `removeCommand`); the per-migration directories holding them
+    /// (checkpoints/MIGRATION, restore/MIGRATION, archives/MIGRATION.d, incoming/MIGRATION.d) go
+    /// with their last entry (`rmdir` only removes an empty directory).
+    static func removeScript(_ paths: [String]) -> String {
+        let areas: Set<String> = ["checkpoints", "restore", "archives", "incoming"]
+        let parents = Set(paths.map { ($0 as NSString).deletingLastPathComponent }.filter {
+            areas.contains((($0 as NSString).deletingLastPathComponent as NSString).lastPathComponent)
+        })
+        return (paths.map(removeCommand) + parents.sorted().map { "rmdir \($0.shellQuoted) 2>/dev/null || true" })
+            .joined(separator: "; ")
+    }
+
+    /// A shell command removing `path` and, when it is a symlink into migplan's tmpfs area, its target.
+    static func removeCommand(_ path: String) -> String {
+        let q = path.shellQuoted
+        return "t=$(readlink -f \(q) 2>/dev/null || true); rm -rf \(q); "
+            + "case \"$t\" in /dev/shm/migplan/*) rm -rf \"$t\"; rmdir \"${t%/*}\" 2>/dev/null || true;; esac"
     }
 
     func cleanup(_ step: Step, _ a: CleanupAction, force: Bool) async throws -> [String: String] {
@@ -598,10 +769,7 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
         }
         if !a.paths.isEmpty {
             // Checkpoint directories may be symlinks into /dev/shm/migplan: remove both.
-            let script = a.paths.map { p in
-                let q = p.shellQuoted
-                return "t=$(readlink -f \(q) 2>/dev/null || true); rm -rf \(q); case \"$t\" in /dev/shm/migplan/*) rm -rf \"$t\";; esac"
-            }.joined(separator: "; ")
+            let script = Self.removeScript(a.paths)
             try await must(h, script, "remove \(a.paths.joined(separator: ", "))")
         }
         return [:]
@@ -680,5 +848,28 @@ final class ProgressThrottle: @unchecked Sendable {
         let context = self.context
         let total = self.total
         Task { await context.reportProgress(bytes: bytes, total: total) }
+    }
+}
+
+
+/// Tells the live runner (and the session pool) about steps that failed with their effect unknown
+/// (timed out and abandoned): the host's session may still be busy with the abandoned command, so
+/// it is dropped (later steps reconnect instead of queueing behind it), and rollback steps on that
+/// host wait for the abandoned commands to end.
+public struct AbandonedStepObserver: ExecutionObserver {
+    let runner: LiveStepRunner
+    public init(runner: LiveStepRunner) { self.runner = runner }
+
+    public func handle(_ event: ExecutionEvent) async {
+        guard case .stepFinished(let id, .failed(let failure), _, _) = event, failure.effectUnknown,
+              let step = runner.graph.step(id) else { return }
+        runner.noteEffectUnknown(id)
+        switch step.action {
+        case .transfer(let t):
+            await runner.sessions.discard(t.from)
+            await runner.sessions.discard(t.to)
+        default:
+            if case .host(let h) = step.location { await runner.sessions.discard(h) }
+        }
     }
 }

@@ -102,6 +102,10 @@ public final class CommandRecorder: @unchecked Sendable {
 /// The attempt a command belongs to (set by the runner around probe/act/verify).
 enum AttemptScope {
     @TaskLocal static var key: String?
+    /// How long one remote command of the current step may run: a little less than the step's
+    /// own timeout, so that a command ends (and says so) before the executor gives up on the step
+    /// and its effect becomes unknown.
+    @TaskLocal static var commandTimeout: Duration?
 }
 
 /// A `CommandRunner` over a host's SSH connection that records every command.

@@ -6,6 +6,7 @@ import MigPlanGraph
 import MigPlanJournal
 import Testing
 
+extension ApplyLabSuites {
 /// `apply` end to end on the lab: real sshd, CRIU, runc, Docker and PostgreSQL. Each test uses
 /// its own container names (`ap-...`) and a throwaway journal schema.
 @Suite(.serialized, .enabled(if: !ApplyLab.skipped, "MIGPLAN_SKIP_LAB=1: the lab is declared absent"))
@@ -87,8 +88,11 @@ struct ApplyIntegrationTests {
         #expect((metric.downtime ?? 0) > 0)
         #expect((metric.transferSizeBytes ?? 0) > 0)
         #expect(metric.checkpointDuration != nil && metric.resumeDuration != nil && metric.totalMigrationTime != nil)
-        // Nothing left on the source.
-        #expect(!(try await ApplyLab.exec("instance1", "ls /var/lib/migplan/checkpoints/\(name)/\(name)/inventory.img")).succeeded)
+        // Nothing left on either host once the destination is verified (images, archives, received files).
+        let leftSource = try await ApplyLab.leftovers(of: name, on: "instance1")
+        #expect(leftSource == "")
+        let leftDestination = try await ApplyLab.leftovers(of: name, on: "instance2")
+        #expect(leftDestination == "")
 
         // Re-apply: no changes, exit 0, the journal shows probes only.
         let again = try await ApplySession.apply(planFile: plan, options: try options(schema: schema))
@@ -238,13 +242,14 @@ struct ApplyIntegrationTests {
     /// Runs a stateful move of a fresh memhog with `hooks`, expects it to fail and roll back, and
     /// checks the container runs on the source only, the same process, memory intact.
     func expectRollback(_ name: String, hooks: (String) -> FaultHooks, failing expected: String,
-                        outcome: ApplyResult.Outcome = .failed, stop: StopSignal = StopSignal()) async throws -> ApplyResult {
+                        outcome: ApplyResult.Outcome = .failed, stop: StopSignal = StopSignal(),
+                        archive: String = "single") async throws -> ApplyResult {
         try ApplyLab.requireLab()
         try await installMemhog(name)
         let boot = try await ApplyLab.report(name, on: "instance1")["boot"] as? String
         let schema = try await ApplyLab.freshSchema()
         defer { Task { await ApplyLab.dropSchema(schema) } }
-        let plan = try Self.memhogPlan(name)
+        let plan = try Self.memhogPlan(name, archive: archive)
         var o = try options(schema: schema, hooks: hooks(name))
         o.stop = stop
         let result = try await ApplySession.apply(planFile: plan, options: o)
@@ -263,6 +268,14 @@ struct ApplyIntegrationTests {
         #expect(detail.run.outcome == (outcome == .stopped ? "stopped" : "rolled-back"))
         #expect(detail.steps.contains { $0.stepKey == "\(name).restoreOnSource@instance1" && $0.status == "changed" })
         #expect(detail.steps.contains { $0.stepKey == "\(name).verifyRunning@instance1" && $0.status == "changed" })
+        // Once the container verifiably runs on the source again, no memory dump stays at rest:
+        // not its checkpoint images (tmpfs or disk), not the archive, nothing on the destination.
+        let verified = try #require(detail.steps.first { $0.stepKey == "\(name).verifyRunning@instance1" })
+        #expect(verified.detail?.contains("imagesRemoved") == true, "\(verified.detail ?? "")")
+        let leftSource = try await ApplyLab.leftovers(of: name, on: "instance1")
+        #expect(leftSource == "")
+        let leftDestination = try await ApplyLab.leftovers(of: name, on: "instance2")
+        #expect(leftDestination == "")
         await ApplyLab.wipe(name, on: "instance1")
         await ApplyLab.wipe(name, on: "instance2")
         return result
@@ -284,6 +297,16 @@ struct ApplyIntegrationTests {
                 _ = try await run("instance2", "rm -f /var/lib/migplan/restore/\(name)/\(name)/pages-*.img")
             }])
         }, failing: "restore")
+    }
+
+    /// Per-container archives (`archives/MIGRATION.d/INSTANCE.tar.zz`, `incoming/MIGRATION.d/…`):
+    /// the rollback removes them on both hosts like the single archive.
+    @Test func failedRestoreWithPerContainerArchivesRollsBackLeavingNothing() async throws {
+        _ = try await expectRollback("ap-fault-perc", hooks: { name in
+            FaultHooks(beforeAct: ["\(name).restore@instance2": { _, run in
+                _ = try await run("instance2", "ls /var/lib/migplan/incoming/\(name).d/\(name).tar.zz >/dev/null && rm -f /var/lib/migplan/restore/\(name)/\(name)/pages-*.img")
+            }])
+        }, failing: "restore", archive: "per-container")
     }
 
     @Test(arguments: ["../escape", "/tmp/ap-absolute-escape"])
@@ -313,6 +336,30 @@ struct ApplyIntegrationTests {
         _ = result
         // Nothing escaped on the destination.
         #expect(!(try await ApplyLab.exec("instance2", "test -e /var/lib/migplan/restore/escape || test -e /dev/shm/migplan/instance2/restore/escape || test -e /tmp/ap-absolute-escape")).succeeded)
+    }
+
+    /// A fresh run never takes a file left by an earlier run for its own: an archive planted at the
+    /// archive path with a future modification time (an old probe took "newer than the images"
+    /// for done and shipped it) is rewritten from this run's checkpoint.
+    @Test func staleArchiveLeftByAnEarlierRunIsNeverShipped() async throws {
+        try ApplyLab.requireLab()
+        let name = "ap-stale"
+        try await installMemhog(name)
+        let before = try await ApplyLab.report(name, on: "instance1")
+        let schema = try await ApplyLab.freshSchema()
+        defer { Task { await ApplyLab.dropSchema(schema) } }
+        let archive = "/var/lib/migplan/archives/\(name).tar.zz"
+        let plant = try await ApplyLab.exec("instance1", "mkdir -p /var/lib/migplan/archives && printf 'stale' | gzip -1 > \(archive) && touch -d '+1 hour' \(archive)")
+        #expect(plant.succeeded)
+        let result = try await ApplySession.apply(planFile: try Self.memhogPlan(name), options: try options(schema: schema))
+        #expect(result.outcome == .succeeded, "\(result.summary)")
+        let detail = try await ApplyLab.runDetail(result.runID, schema: schema)
+        #expect(detail.steps.contains { $0.stepKey == "\(name).archive@instance1" && $0.status == "changed" })
+        let after = try await ApplyLab.report(name, on: "instance2")
+        #expect(after["boot"] as? String == before["boot"] as? String)
+        #expect(after["intact"] as? Bool == true)
+        await ApplyLab.wipe(name, on: "instance1")
+        await ApplyLab.wipe(name, on: "instance2")
     }
 
     @Test func stopRequestedAfterTheCheckpointRollsBackToTheSource() async throws {
@@ -387,3 +434,4 @@ struct ApplyIntegrationTests {
         await ApplyLab.wipe(name, on: "instance2")
     }
 }
+}  // extension ApplyLabSuites

@@ -4,6 +4,12 @@ import MigPlanBasics
 import MigPlanJournal
 import Testing
 
+/// Every suite of this target that uses the lab, nested here so that they never run at the same
+/// time: `.serialized` covers nested suites, so the disruptive one (which kills instance2's sshd)
+/// cannot overlap the others even when one `swift test` runs them all (`scripts/test` also runs
+/// `*DisruptiveTests` in a later phase of their own).
+@Suite(.serialized) struct ApplyLabSuites {}
+
 /// The lab (docs/lab.md) for the apply integration tests. They run against the real lab and are
 /// skipped only with `MIGPLAN_SKIP_LAB=1`; when the lab is absent they fail saying to run
 /// `scripts/lab up`.
@@ -101,7 +107,20 @@ enum ApplyLab {
         _ = try? await exec(host, "rm -rf /var/lib/migplan/checkpoints/\(n) /var/lib/migplan/restore/\(n) /var/lib/migplan/work/\(n) "
                               + "/var/lib/migplan/archives/\(n) /var/lib/migplan/archives/\(n).d /var/lib/migplan/archives/\(n).tar* "
                               + "/var/lib/migplan/incoming/\(n) /var/lib/migplan/incoming/\(n).d /var/lib/migplan/incoming/\(n).tar* "
-                              + "/dev/shm/migplan/\(host)/\(n); true")
+                              + "/dev/shm/migplan/\(host)/\(n) /dev/shm/migplan/\(host)/restore/\(n).* /var/lib/migplan/restore/\(n).unpack-*; true")
+    }
+
+    /// What a move of migration `name` (tests name the migration after its container) may leave
+    /// on a host: checkpoint images (and their tmpfs target), archives (single: NAME.tar[.zz],
+    /// per-container: NAME.d/INSTANCE.tar[.zz]) with their side files, received archives, unpacked
+    /// images. Empty when nothing is left.
+    static func leftovers(of name: String, on host: String) async throws -> String {
+        let n = name.shellQuoted
+        let out = try await exec(host, "ls -d /var/lib/migplan/checkpoints/\(n) /var/lib/migplan/archives/\(n).tar* "
+            + "/var/lib/migplan/archives/\(n).d /var/lib/migplan/incoming/\(n).tar* /var/lib/migplan/incoming/\(n).d "
+            + "/var/lib/migplan/restore/\(n) /var/lib/migplan/restore/\(n).unpack-* /dev/shm/migplan/\(host)/\(n) "
+            + "/dev/shm/migplan/\(host)/restore/\(n).* 2>/dev/null; true")
+        return out.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// Starts a runc container from its bundle on a host and waits for its first report.

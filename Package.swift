@@ -58,7 +58,7 @@ let package = Package(
             "MigPlanActions", "MigPlanEngine", "MigPlanGraph", "MigPlanModel", "MigPlanSSH", "MigPlanRuntime",
             "MigPlanJournal", "MigPlanBasics",
         ]),
-        .testTarget(name: "MigPlanCLITests", dependencies: ["MigPlanCLI"]),
+        .testTarget(name: "MigPlanCLITests", dependencies: ["MigPlanCLI"], exclude: ["Snapshots"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -131,6 +131,27 @@ public struct JournalConfig: Sendable, Equatable {
         if connectTimeout < 0 { throw JournalError(.config, "connect_timeout must not be negative") }
     }
 
+    /// libpq fills every keyword the configuration leaves unset from `PG*` environment variables
+    /// and service files. Those that could redirect the connection or swap the trusted CA are
+    /// refused rather than silently obeyed (unsetting them is not thread-safe).
+    public func checkEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws {
+        var steering = ["PGSERVICE", "PGSERVICEFILE"]
+        if Self.numericAddress(host) == nil { steering.append("PGHOSTADDR") }
+        if sslRootCert == nil { steering.append("PGSSLROOTCERT") }
+        let present = steering.filter { environment[$0] != nil }
+        if !present.isEmpty {
+            throw JournalError(.config, "\(present.joined(separator: ", ")) set in the environment would steer the journal connection to \(target); unset it, or put the setting in the plan's journal section")
+        }
+    }
+
+    /// `host` when it is a literal IPv4 or IPv6 address.
+    static func numericAddress(_ host: String) -> String? {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        if inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1 { return host }
+        return nil
+    }
+
     /// The password from the environment (nil when no variable is configured or it is unset).
     public func password(in environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
         guard let name = passwordEnvironmentVariable else { return nil }
@@ -138,7 +159,9 @@ public struct JournalConfig: Sendable, Equatable {
     }
 
     /// libpq keyword/value pairs for `PQconnectdbParams`. Every security-relevant keyword is set
-    /// explicitly, so `PGSSLMODE` and friends in the environment cannot weaken it.
+    /// explicitly, so `PGSSLMODE`, `PGHOSTADDR` (for a literal address) and
+    /// `PGSSLMINPROTOCOLVERSION` in the environment cannot weaken it; `checkEnvironment` refuses
+    /// the variables that no keyword here overrides.
     func connectionParameters(password: String?) -> [(String, String)] {
         var p: [(String, String)] = [
             ("host", host), ("port", String(port)), ("dbname", database), ("user", user),
@@ -148,7 +171,9 @@ public struct JournalConfig: Sendable, Equatable {
             // instead of blocking a statement for the kernel's default of many minutes.
             ("keepalives", "1"), ("keepalives_idle", "10"), ("keepalives_interval", "5"), ("keepalives_count", "3"),
             ("tcp_user_timeout", "20000"),
+            ("ssl_min_protocol_version", "TLSv1.2"),
         ]
+        if let address = Self.numericAddress(host) { p.append(("hostaddr", address)) }
         if let sslRootCert { p.append(("sslrootcert", sslRootCert)) }
         if let sslCert { p.append(("sslcert", sslCert)) }
         if let sslKey { p.append(("sslkey", sslKey)) }

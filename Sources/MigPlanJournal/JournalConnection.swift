@@ -186,6 +186,7 @@ public final class JournalConnection: Sendable {
     /// mode requires TLS.
     public static func connect(_ config: JournalConfig, password: String?) async throws -> JournalConnection {
         try config.validate()
+        try config.checkEnvironment()
         let worker = PGWorkerThread(name: "migplan-pg \(config.target)")
         let handle = PGHandle(nil)
         let params = config.connectionParameters(password: password)

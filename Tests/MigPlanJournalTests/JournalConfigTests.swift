@@ -30,6 +30,34 @@ import Testing
         #expect(throws: Never.self) { try c.validate() }
     }
 
+    @Test func literalAddressIsPinnedAndTLSBelow12IsRefused() {
+        let p = Dictionary(uniqueKeysWithValues: JournalConfig(host: "10.77.0.1", port: 5433).connectionParameters(password: nil))
+        // hostaddr set explicitly: PGHOSTADDR in the environment cannot redirect the connection.
+        #expect(p["hostaddr"] == "10.77.0.1")
+        #expect(p["ssl_min_protocol_version"] == "TLSv1.2")
+        let named = Dictionary(uniqueKeysWithValues: JournalConfig(host: "db.example", port: 5433).connectionParameters(password: nil))
+        #expect(named["hostaddr"] == nil)
+    }
+
+    @Test func environmentThatWouldSteerTheConnectionIsRefused() throws {
+        var c = JournalConfig(host: "10.77.0.1", port: 5433)
+        c.sslRootCert = "/lab/ca.crt"
+        #expect(throws: Never.self) { try c.checkEnvironment(["PGHOSTADDR": "127.0.0.9", "PGSSLROOTCERT": "/evil.crt"]) }
+        for name in ["PGSERVICE", "PGSERVICEFILE"] {
+            #expect(throws: JournalError.self) { try c.checkEnvironment([name: "x"]) }
+        }
+        c.sslRootCert = nil
+        do {
+            try c.checkEnvironment(["PGSSLROOTCERT": "/evil.crt"])
+            Issue.record("PGSSLROOTCERT must be refused when the plan names no CA")
+        } catch let e as JournalError {
+            #expect(e.code == .config)
+            #expect(e.description.contains("PGSSLROOTCERT"))
+        }
+        let named = JournalConfig(host: "db.example", port: 5433)
+        #expect(throws: JournalError.self) { try named.checkEnvironment(["PGHOSTADDR": "127.0.0.9"]) }
+    }
+
     @Test func sslModesAreOrdered() {
         #expect(JournalSSLMode.disable < .require)
         #expect(JournalSSLMode.verifyCA < .verifyFull)

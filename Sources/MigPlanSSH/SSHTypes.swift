@@ -56,9 +56,20 @@ public struct SSHIdentity: Sendable, Hashable {
     }
 }
 
-extension SSHIdentity: CustomStringConvertible {
+extension SSHIdentity: CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
     public var description: String {
         "SSHIdentity(\(privateKeyPath), passphrase: \(passphrase == nil ? "none" : "<redacted>"))"
+    }
+
+    public var debugDescription: String { description }
+
+    /// `dump`, `String(reflecting:)` and test failure messages see the passphrase redacted too.
+    public var customMirror: Mirror {
+        Mirror(self, children: [
+            "privateKeyPath": privateKeyPath,
+            "publicKeyPath": publicKeyPath as Any,
+            "passphrase": passphrase == nil ? "none" : "<redacted>",
+        ])
     }
 }
 

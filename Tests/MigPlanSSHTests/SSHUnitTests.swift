@@ -63,6 +63,10 @@ struct SSHUnitTests {
     @Test func identityDescriptionNeverShowsThePassphrase() {
         let id = SSHIdentity(privateKeyPath: "/k", passphrase: "hunter2")
         #expect(!"\(id)".contains("hunter2"))
+        #expect(!String(reflecting: id).contains("hunter2"))
+        var dumped = ""
+        dump(id, to: &dumped)
+        #expect(!dumped.contains("hunter2"))
     }
 
     @Test func repeatingSourceProducesExactlyTheRequestedBytes() throws {

@@ -139,10 +139,7 @@ public actor JournalObserver: ExecutionObserver {
             for m in metrics {
                 let record = MetricRecord(
                     runID: runID, container: m.container == "*" ? "\(m.migration):*" : m.container, flow: m.flow,
-                    totalMigrationTime: m.totalMigrationTime, downtime: m.downtime,
-                    fileTransferDuration: m.fileTransferDuration, transferSizeBytes: m.transferSizeBytes,
-                    uploadSpeedBytesPerSecond: m.uploadSpeedBytesPerSecond, checkpointDuration: m.checkpointDuration,
-                    resumeDuration: m.resumeDuration, killDuration: m.killDuration, startDuration: m.startDuration)
+                    metrics: m.paperMetrics)
                 await write("metrics \(m.container)") { try await journal.recordMetric(record) }
             }
         }

@@ -1,6 +1,7 @@
 import Foundation
 import MigPlanEngine
 import MigPlanGraph
+import MigPlanJournal
 
 /// Wall-clock times of each step of a run, as the executor reported them.
 public struct StepTiming: Sendable, Hashable {
@@ -19,19 +20,36 @@ public struct StepTiming: Sendable, Hashable {
 }
 
 /// The paper's metrics of one container's move (all durations in seconds).
-public struct ContainerMetrics: Sendable, Hashable, Codable {
+public struct ContainerMetrics: CarriesPaperMetrics, Sendable, Hashable, Codable {
     public var migration: String
     public var container: String
     public var flow: String
-    public var totalMigrationTime: Double?
-    public var downtime: Double?
-    public var fileTransferDuration: Double?
-    public var transferSizeBytes: Int64?
-    public var uploadSpeedBytesPerSecond: Double?
-    public var checkpointDuration: Double?
-    public var resumeDuration: Double?
-    public var killDuration: Double?
-    public var startDuration: Double?
+    public var paperMetrics = PaperMetrics()
+
+    public init(migration: String, container: String, flow: String, paperMetrics: PaperMetrics = PaperMetrics()) {
+        self.migration = migration
+        self.container = container
+        self.flow = flow
+        self.paperMetrics = paperMetrics
+    }
+
+    private enum CodingKeys: String, CodingKey { case migration, container, flow }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        migration = try c.decode(String.self, forKey: .migration)
+        container = try c.decode(String.self, forKey: .container)
+        flow = try c.decode(String.self, forKey: .flow)
+        paperMetrics = try PaperMetrics(from: decoder)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(migration, forKey: .migration)
+        try c.encode(container, forKey: .container)
+        try c.encode(flow, forKey: .flow)
+        try paperMetrics.encode(to: encoder)   // flat, beside the names
+    }
 }
 
 /// Computes the paper's metrics from step timings, using each step's `metrics` tags: durations of

@@ -79,13 +79,9 @@ struct ApplyCommand: AsyncParsableCommand {
         if format == .json {
             var o: [String: Any] = ["event": "result", "runID": result.runID, "outcome": result.outcome.rawValue,
                                     "changed": result.changed, "problems": result.problems]
-            o["metrics"] = result.metrics.map { m -> [String: Any] in
-                var d: [String: Any] = ["migration": m.migration, "container": m.container, "flow": m.flow]
-                d["totalMigrationTime"] = m.totalMigrationTime; d["downtime"] = m.downtime
-                d["fileTransferDuration"] = m.fileTransferDuration; d["transferSizeBytes"] = m.transferSizeBytes
-                d["uploadSpeedBytesPerSecond"] = m.uploadSpeedBytesPerSecond; d["checkpointDuration"] = m.checkpointDuration
-                d["resumeDuration"] = m.resumeDuration; d["killDuration"] = m.killDuration; d["startDuration"] = m.startDuration
-                return d.compactMapValues { $0 }
+            // ContainerMetrics encodes flat: migration, container, flow and the paper's metrics.
+            o["metrics"] = result.metrics.compactMap { m in
+                (try? JSONEncoder().encode(m)).flatMap { try? JSONSerialization.jsonObject(with: $0) }
             }
             ApplyProgress.writeJSON(o, to: .standardOutput)
         } else {

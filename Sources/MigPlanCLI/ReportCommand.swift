@@ -4,34 +4,30 @@ import MigPlanActions
 import MigPlanJournal
 
 /// One row of the paper's metrics table.
-struct ReportRow: Encodable {
+struct ReportRow: CarriesPaperMetrics, Encodable {
     var container: String
     var flow: String
-    var totalMigrationTime: Double?
-    var downtime: Double?
-    var fileTransferDuration: Double?
-    var transferSizeBytes: Int64?
-    var uploadSpeedBytesPerSecond: Double?
-    var checkpointDuration: Double?
-    var resumeDuration: Double?
-    var killDuration: Double?
-    var startDuration: Double?
+    var paperMetrics: PaperMetrics
 
     init(_ m: ContainerMetrics) {
         container = m.container == "*" ? "\(m.migration):*" : m.container
         flow = m.flow
-        totalMigrationTime = m.totalMigrationTime; downtime = m.downtime; fileTransferDuration = m.fileTransferDuration
-        transferSizeBytes = m.transferSizeBytes; uploadSpeedBytesPerSecond = m.uploadSpeedBytesPerSecond
-        checkpointDuration = m.checkpointDuration; resumeDuration = m.resumeDuration
-        killDuration = m.killDuration; startDuration = m.startDuration
+        paperMetrics = m.paperMetrics
     }
 
     init(_ m: JournalReader.Metric) {
-        container = m.container; flow = m.flow
-        totalMigrationTime = m.totalMigrationTime; downtime = m.downtime; fileTransferDuration = m.fileTransferDuration
-        transferSizeBytes = m.transferSizeBytes; uploadSpeedBytesPerSecond = m.uploadSpeedBytesPerSecond
-        checkpointDuration = m.checkpointDuration; resumeDuration = m.resumeDuration
-        killDuration = m.killDuration; startDuration = m.startDuration
+        container = m.container
+        flow = m.flow
+        paperMetrics = m.paperMetrics
+    }
+
+    private enum CodingKeys: String, CodingKey { case container, flow }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(container, forKey: .container)
+        try c.encode(flow, forKey: .flow)
+        try paperMetrics.encode(to: encoder)   // flat: report --format json keeps one object per row
     }
 }
 

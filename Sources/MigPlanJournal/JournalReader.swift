@@ -48,18 +48,32 @@ public struct JournalReader: Sendable {
         public var stderrTail: String?
     }
 
-    public struct Metric: Sendable, Equatable, Codable {
+    public struct Metric: CarriesPaperMetrics, Sendable, Equatable, Codable {
         public var container: String
         public var flow: String
-        public var totalMigrationTime: Double?
-        public var downtime: Double?
-        public var fileTransferDuration: Double?
-        public var transferSizeBytes: Int64?
-        public var uploadSpeedBytesPerSecond: Double?
-        public var checkpointDuration: Double?
-        public var resumeDuration: Double?
-        public var killDuration: Double?
-        public var startDuration: Double?
+        public var paperMetrics: PaperMetrics
+
+        private enum CodingKeys: String, CodingKey { case container, flow }
+
+        init(container: String, flow: String, paperMetrics: PaperMetrics) {
+            self.container = container
+            self.flow = flow
+            self.paperMetrics = paperMetrics
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            container = try c.decode(String.self, forKey: .container)
+            flow = try c.decode(String.self, forKey: .flow)
+            paperMetrics = try PaperMetrics(from: decoder)
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(container, forKey: .container)
+            try c.encode(flow, forKey: .flow)
+            try paperMetrics.encode(to: encoder)   // flat, beside container and flow
+        }
     }
 
     public struct RunDetail: Sendable, Equatable, Codable {
@@ -129,10 +143,12 @@ public struct JournalReader: Sendable {
             FROM metrics WHERE run_id = $1 ORDER BY container, recorded_at
             """, [run.id])
         let metrics = metricRows.rows.map { r in
-            Metric(container: r[0] ?? "", flow: r[1] ?? "", totalMigrationTime: r[2].flatMap(Double.init), downtime: r[3].flatMap(Double.init),
-                   fileTransferDuration: r[4].flatMap(Double.init), transferSizeBytes: r[5].flatMap { Int64($0) },
-                   uploadSpeedBytesPerSecond: r[6].flatMap(Double.init), checkpointDuration: r[7].flatMap(Double.init),
-                   resumeDuration: r[8].flatMap(Double.init), killDuration: r[9].flatMap(Double.init), startDuration: r[10].flatMap(Double.init))
+            Metric(container: r[0] ?? "", flow: r[1] ?? "", paperMetrics: PaperMetrics(
+                totalMigrationTime: r[2].flatMap(Double.init), downtime: r[3].flatMap(Double.init),
+                fileTransferDuration: r[4].flatMap(Double.init), transferSizeBytes: r[5].flatMap { Int64($0) },
+                uploadSpeedBytesPerSecond: r[6].flatMap(Double.init), checkpointDuration: r[7].flatMap(Double.init),
+                resumeDuration: r[8].flatMap(Double.init), killDuration: r[9].flatMap(Double.init),
+                startDuration: r[10].flatMap(Double.init)))
         }
         return RunDetail(run: run, steps: steps, metrics: metrics)
     }

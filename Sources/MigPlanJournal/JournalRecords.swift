@@ -162,14 +162,9 @@ public struct AttemptRecord: Codable, Sendable, Equatable {
     }
 }
 
-/// The paper's metrics for one container migration (all durations in seconds).
-public struct MetricRecord: Codable, Sendable, Equatable {
-    public var id: String
-    public var runID: String
-    /// The container (or `*` for a whole multi-container move).
-    public var container: String
-    /// `stateful` or `stateless`.
-    public var flow: String
+/// The paper's metrics (section 4.3) of one container migration; durations in seconds. The one
+/// definition of these fields: records, reports and the calculator carry it (`CarriesPaperMetrics`).
+public struct PaperMetrics: Codable, Sendable, Hashable {
     public var totalMigrationTime: Double?
     public var downtime: Double?
     public var fileTransferDuration: Double?
@@ -179,17 +174,11 @@ public struct MetricRecord: Codable, Sendable, Equatable {
     public var resumeDuration: Double?
     public var killDuration: Double?
     public var startDuration: Double?
-    public var recordedAt: Date
 
-    public init(id: String = newJournalID(), runID: String, container: String, flow: String,
-                totalMigrationTime: Double? = nil, downtime: Double? = nil, fileTransferDuration: Double? = nil,
+    public init(totalMigrationTime: Double? = nil, downtime: Double? = nil, fileTransferDuration: Double? = nil,
                 transferSizeBytes: Int64? = nil, uploadSpeedBytesPerSecond: Double? = nil,
                 checkpointDuration: Double? = nil, resumeDuration: Double? = nil,
-                killDuration: Double? = nil, startDuration: Double? = nil, recordedAt: Date = Date()) {
-        self.id = id
-        self.runID = runID
-        self.container = container
-        self.flow = flow
+                killDuration: Double? = nil, startDuration: Double? = nil) {
         self.totalMigrationTime = totalMigrationTime
         self.downtime = downtime
         self.fileTransferDuration = fileTransferDuration
@@ -199,7 +188,79 @@ public struct MetricRecord: Codable, Sendable, Equatable {
         self.resumeDuration = resumeDuration
         self.killDuration = killDuration
         self.startDuration = startDuration
+    }
+}
+
+/// A value that carries `PaperMetrics`: its fields read and write as `value.downtime`, and in JSON
+/// they stand flat beside the value's own keys (`encodePaperMetrics`/`decodePaperMetrics`).
+@dynamicMemberLookup
+public protocol CarriesPaperMetrics {
+    var paperMetrics: PaperMetrics { get set }
+}
+
+extension CarriesPaperMetrics {
+    public subscript<T>(dynamicMember keyPath: WritableKeyPath<PaperMetrics, T>) -> T {
+        get { paperMetrics[keyPath: keyPath] }
+        set { paperMetrics[keyPath: keyPath] = newValue }
+    }
+}
+
+/// The paper's metrics for one container migration, as the journal stores them.
+public struct MetricRecord: CarriesPaperMetrics, Codable, Sendable, Equatable {
+    public var id: String
+    public var runID: String
+    /// The container (or `*` for a whole multi-container move).
+    public var container: String
+    /// `stateful` or `stateless`.
+    public var flow: String
+    public var paperMetrics: PaperMetrics
+    public var recordedAt: Date
+
+    public init(id: String = newJournalID(), runID: String, container: String, flow: String,
+                metrics: PaperMetrics, recordedAt: Date = Date()) {
+        self.id = id
+        self.runID = runID
+        self.container = container
+        self.flow = flow
+        self.paperMetrics = metrics
         self.recordedAt = recordedAt
+    }
+
+    public init(id: String = newJournalID(), runID: String, container: String, flow: String,
+                totalMigrationTime: Double? = nil, downtime: Double? = nil, fileTransferDuration: Double? = nil,
+                transferSizeBytes: Int64? = nil, uploadSpeedBytesPerSecond: Double? = nil,
+                checkpointDuration: Double? = nil, resumeDuration: Double? = nil,
+                killDuration: Double? = nil, startDuration: Double? = nil, recordedAt: Date = Date()) {
+        self.init(id: id, runID: runID, container: container, flow: flow,
+                  metrics: PaperMetrics(totalMigrationTime: totalMigrationTime, downtime: downtime,
+                                        fileTransferDuration: fileTransferDuration, transferSizeBytes: transferSizeBytes,
+                                        uploadSpeedBytesPerSecond: uploadSpeedBytesPerSecond,
+                                        checkpointDuration: checkpointDuration, resumeDuration: resumeDuration,
+                                        killDuration: killDuration, startDuration: startDuration),
+                  recordedAt: recordedAt)
+    }
+
+    private enum CodingKeys: String, CodingKey { case id, runID, container, flow, recordedAt }
+
+    // Flat JSON, as spool files written before PaperMetrics existed.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(String.self, forKey: .id)
+        runID = try c.decode(String.self, forKey: .runID)
+        container = try c.decode(String.self, forKey: .container)
+        flow = try c.decode(String.self, forKey: .flow)
+        recordedAt = try c.decode(Date.self, forKey: .recordedAt)
+        paperMetrics = try PaperMetrics(from: decoder)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(runID, forKey: .runID)
+        try c.encode(container, forKey: .container)
+        try c.encode(flow, forKey: .flow)
+        try c.encode(recordedAt, forKey: .recordedAt)
+        try paperMetrics.encode(to: encoder)   // into the same keyed container: flat
     }
 }
 

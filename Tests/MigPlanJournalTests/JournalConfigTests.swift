@@ -158,3 +158,25 @@ import Testing
         #expect(run.planSHA256 == SHA256Hasher.hash(Array("name: x\n".utf8)).hex)
     }
 }
+
+@Suite struct PaperMetricsCodingTests {
+    @Test func metricRecordKeepsTheFlatJSONOfSpoolFiles() throws {
+        // A spool line as written before the paper's metrics had their own type.
+        let line = #"{"id":"m1","runID":"r1","container":"face-1","flow":"stateful","downtime":1.5,"transferSizeBytes":42,"recordedAt":0}"#
+        let record = try JSONDecoder().decode(MetricRecord.self, from: Data(line.utf8))
+        #expect(record.downtime == 1.5)
+        #expect(record.transferSizeBytes == 42)
+        #expect(record.checkpointDuration == nil)
+        let again = try JSONSerialization.jsonObject(with: JSONEncoder().encode(record)) as? [String: Any]
+        #expect(again?["downtime"] as? Double == 1.5)
+        #expect(again?["container"] as? String == "face-1")
+        #expect(again?["paperMetrics"] == nil)
+        #expect(try JSONDecoder().decode(MetricRecord.self, from: JSONEncoder().encode(record)) == record)
+    }
+
+    @Test func metricsReadAndWriteThroughTheCarrier() {
+        var record = MetricRecord(runID: "r", container: "c", flow: "stateless", killDuration: 0.25)
+        record.startDuration = 0.5
+        #expect(record.paperMetrics == PaperMetrics(killDuration: 0.25, startDuration: 0.5))
+    }
+}

@@ -8,7 +8,7 @@ import MigPlanModel
 /// Why `apply` could not run (as opposed to a run that failed).
 public struct ApplyError: Error, Sendable, CustomStringConvertible {
     public enum Kind: String, Sendable {
-        case invalidPlan, graph, noJournal, journalUnreachable, locked, resume, convergence
+        case invalidPlan, graph, noJournal, journalUnreachable, locked, resume, convergence, faultInjection
     }
     public var kind: Kind
     public var message: String
@@ -148,12 +148,18 @@ public enum ApplySession {
         return result
     }
 
-    static func resumeState(_ runID: String, graph: StepGraph, journal: MigPlanJournal.Journal) async throws -> ResumeState {
+    static func resumeState(_ runID: String, graph: StepGraph, journal: MigPlanJournal.Journal, depth: Int = 0) async throws -> ResumeState {
         let detail: JournalReader.RunDetail
         do {
             detail = try await JournalReader(connection: try await journal.liveConnection()).run(runID)
         } catch {
             throw ApplyError(.resume, "cannot resume run \(runID): \(error)")
+        }
+        // A run that was itself a resume (killed before it re-recorded everything): what the run
+        // it resumed had completed counts too, overridden by what this one recorded.
+        var inherited = ResumeState()
+        if let previous = detail.resumes, previous != detail.run.id, depth < 16 {
+            inherited = try await resumeState(previous, graph: graph, journal: journal, depth: depth + 1)
         }
         if detail.run.planName != graph.plan {
             throw ApplyError(.resume, "run \(detail.run.id) applied plan \(detail.run.planName), not \(graph.plan)")
@@ -171,12 +177,24 @@ public enum ApplySession {
             completed[step.stepKey] = outputs
         }
         let triggered = Set(graph.rollbacks.filter { group in group.steps.contains { started.contains($0.id) } }.map(\.id))
-        return ResumeState(completed: completed.filter { id, _ in graph.step(id)?.role == .forward }, triggeredRollbacks: triggered)
+        for (id, outputs) in inherited.completed where !started.contains(id) { completed[id] = outputs }
+        return ResumeState(completed: completed.filter { id, _ in graph.step(id)?.role == .forward },
+                           triggeredRollbacks: triggered.union(inherited.triggeredRollbacks))
+    }
+
+    /// Migrations a resumed run's predecessor had started moving: a step arming one of their
+    /// rollback groups (checkpoint, kill, start...) completed, or a rollback started.
+    static func startedMoves(_ graph: StepGraph, _ resume: ResumeState) -> Set<String> {
+        Set(graph.rollbacks.filter { group in
+            resume.triggeredRollbacks.contains(group.id) || group.armedBy.contains { resume.completed[$0] != nil }
+        }.map(\.migration))
     }
 
     static func run(plan: Plan, planFile: String, graph: StepGraph, journal: MigPlanJournal.Journal, secrets: [String],
                     options: ApplyOptions) async throws -> ApplyResult {
         let runID = newJournalID()
+        // A testing aid (docs/resume.md): checked before anything runs, inert when unset.
+        let fault = try FaultInjection.from(environment: options.environment, graph: graph)
         let resume = try await options.resumeRunID.asyncMap { try await resumeState($0, graph: graph, journal: journal) }
         var record = (try? RunRecord.forPlanFile(URL(fileURLWithPath: planFile), planName: plan.name, command: options.command, id: runID))
             ?? RunRecord(id: runID, planName: plan.name, planPath: planFile, planSHA256: "", command: options.command)
@@ -194,20 +212,36 @@ public enum ApplySession {
         let journalObserver = JournalObserver(runID: runID, journal: journal, graph: graph, recorder: recorder, secrets: secrets)
         // The runner learns of abandoned steps first (before the journal writes), so that the
         // rollback the executor may start next knows.
-        let observers: [any ExecutionObserver] = [AbandonedStepObserver(runner: runner), journalObserver] + (options.observer.map { [$0] } ?? [])
+        // An injected fault kills the process once the journal (and the progress display) have
+        // recorded the boundary: last in line.
+        let observers: [any ExecutionObserver] = [AbandonedStepObserver(runner: runner), journalObserver]
+            + (options.observer.map { [$0] } ?? []) + (fault.map { [FaultInjectionObserver($0)] } ?? [])
         let observer: any ExecutionObserver = FanOutObserver(observers)
         let instances = plan.migrations.flatMap { plan.instanceNames(of: $0) }
 
         var result = ApplyResult(runID: runID, outcome: .failed, changed: false, report: nil, metrics: [], problems: [],
                                  journalWriteFailures: [])
         do {
-            result = try await journal.withContainerLocks(instances, runID: runID, timeout: options.lockTimeout) {
+            result = try await journal.withContainerLocks(instances, runID: runID, timeout: options.lockTimeout,
+                                                          refuseIfHeldBy: options.resumeRunID) {
                 try await journal.appendAudit(AuditEvent(runID: runID, action: "locks.acquired", subject: instances.joined(separator: ",")))
+                if let previous = options.resumeRunID {
+                    // The locks are ours, so the resumed run's process is gone (its session locks
+                    // went with its connection): a run killed without writing its end is recorded
+                    // as interrupted, and this run as resuming it.
+                    try await journal.recordResumption(of: previous, by: runID)
+                }
                 var r = ApplyResult(runID: runID, outcome: .failed, changed: false, report: nil, metrics: [], problems: [],
                                     journalWriteFailures: [])
                 let convergence: ConvergenceReport
                 do {
-                    convergence = try await runner.assessConvergence(markConverged: resume == nil)
+                    // A resumed run whose predecessor never started a move (it found the container
+                    // already on its destination, or died first) treats a container found on its
+                    // destination only as converged, like a fresh run: re-probing such a move would
+                    // re-checkpoint a container that is no longer on the source, fail, and roll
+                    // back onto nothing. Moves the predecessor had started are re-probed.
+                    convergence = try await runner.assessConvergence(
+                        markConverged: true, excluding: resume.map { Self.startedMoves(graph, $0) } ?? [])
                 } catch {
                     r.problems = ["probing where the containers run failed: \(error)"]
                     return r

@@ -77,6 +77,8 @@ struct ShowCommand: AsyncParsableCommand {
         out += "  started   \(r.startedAt)\n"
         out += "  ended     \(r.endedAt ?? "-") (\(JournalCLI.secondsText(r.durationSeconds)))\n"
         out += "  outcome   \(r.outcome)\(r.detail.map { ": \($0)" } ?? "")\n"
+        if let previous = d.resumes { out += "  resumes   run \(previous)\n" }
+        if let later = d.resumedBy, !later.isEmpty { out += "  resumed by run \(later.joined(separator: ", run "))\n" }
         out += "\nsteps (\(d.steps.count)):\n"
         var rows = [["STATUS", "STEP", "HOST", "DURATION", "ATTEMPTS"]]
         for s in d.steps {

@@ -53,6 +53,9 @@ public struct Executor: Sendable {
             await observer.handle(.rollbackStarted(group: group.id, reason: "resumed run had started it"))
         }
 
+        // Steps of a move the resumed run had already verified on its destination: not probed again.
+        let settled = state.settledOnResume(Set(resume.completed.keys))
+
         var stopAnnounced = false
         await withTaskGroup(of: Finished.self) { tasks in
             var running = 0
@@ -67,6 +70,7 @@ public struct Executor: Sendable {
                 while running < options.parallelism, let step = state.popReady() {
                     running += 1
                     let completedBefore = resume.completed[step.id]
+                    let isSettled = settled.contains(step.id)
                     let outputs = state.report.outputs
                     let timeout = step.timeoutSeconds.map { Duration.milliseconds(Int64(($0 * 1000).rounded())) }
                         ?? options.defaultTimeout
@@ -75,7 +79,8 @@ public struct Executor: Sendable {
                         // An unstructured task: cancelling the run must not cancel a step in flight.
                         await Task {
                             await self.execute(step, runID: options.runID, completedBefore: completedBefore,
-                                               outputs: outputs, timeout: timeout, grace: grace, stop: stop)
+                                               settled: isSettled, outputs: outputs, timeout: timeout, grace: grace,
+                                               stop: stop)
                         }.value
                     }
                 }
@@ -129,11 +134,17 @@ public struct Executor: Sendable {
         var isMarked: Bool { lock.withLock { started } }
     }
 
-    private func execute(_ step: Step, runID: String, completedBefore: [String: String]?,
+    private func execute(_ step: Step, runID: String, completedBefore: [String: String]?, settled: Bool,
                          outputs: [StepID: [String: String]], timeout: Duration?, grace: Duration,
                          stop: StopSignal) async -> Finished {
         let started = clock.now()
         await observer.handle(.stepStarted(step.id, role: step.role))
+        if settled, let completedBefore {
+            // The resumed run had completed this step and verified the move past it: its effect
+            // (checkpoint images, archives) may since have been consumed by the clean-ups, and
+            // redoing it would act on a container that has moved (SchedulerState.settledOnResume).
+            return await finish(step, .unchanged, completedBefore, since: started)
+        }
         let policy = step.retry
         let acted = ActMarker()
         let runner = self.runner
@@ -347,6 +358,27 @@ struct SchedulerState {
     }
 
     func isForward(_ id: StepID) -> Bool { forward.contains(id) }
+
+    /// Forward steps a resumed run takes as done without probing: those the resumed run had
+    /// completed in the window of a rollback group it had disarmed (every `disarmedBy` step
+    /// completed: the move was verified on its destination), other than the disarming steps
+    /// themselves (gates, checked again), and in no window of a group still open. Once a move is
+    /// verified, the clean-ups remove its checkpoint images and archives: re-probing would find
+    /// them gone and redo the checkpoint of a container that now runs on the destination (and
+    /// its failure would trigger a rollback that removes the only running copy).
+    func settledOnResume(_ completed: Set<StepID>) -> Set<StepID> {
+        var closed = Set<StepID>()
+        var open = Set<StepID>()
+        for group in groups {
+            let window = windows[group.id] ?? []
+            if !group.disarmedBy.isEmpty && group.disarmedBy.allSatisfy(completed.contains) {
+                closed.formUnion(window.subtracting(group.disarmedBy))
+            } else {
+                open.formUnion(window)
+            }
+        }
+        return closed.subtracting(open).intersection(completed)
+    }
 
     private mutating func register(_ step: Step) {
         let dependencies = Set(step.dependsOn)

@@ -207,7 +207,8 @@ struct MigrationCompiler {
         var destinationFiles: [String] {
             let name = destinationArchive.split(separator: "/").last.map(String.init) ?? destinationArchive
             return [destinationArchive, destinationArchive + ".part", destinationArchive + ".sha256",
-                    destinationArchive + ".source", "\(unpackDir)/.unpacked-\(name)"]
+                    destinationArchive + ".source", destinationArchive + ".manifest", destinationArchive + ".manifest.hmac",
+                    "\(unpackDir)/.unpacked-\(name)"]
         }
 
         var sourceFiles: [String] { [sourceArchive, sourceArchive + ".part"] }
@@ -233,15 +234,26 @@ struct MigrationCompiler {
     }
 
     mutating func compileStateful(after sessions: StepID, src: StepLocation, dst: StepLocation) {
+        if migration.transfer.method == .pageServer { return compilePageServer(after: sessions, src: src, dst: dst) }
+        // Archive units: one for the whole migration, or one per instance.
+        let units = archiveUnits()
+        let route: TransferRoute = migration.transfer.path == .direct ? .direct : .relay
+        // `direct`: each archive's one-time key is issued before anything is frozen (no downtime),
+        // and arms the rollback like the checkpoint does, so a failed or stopped move revokes it.
+        var issuedFor: [String: StepID] = [:]
+        if route == .direct {
+            for unit in units {
+                let issue = add(unit.subject, "issueTransferKey", at: .controller, .issueTransferKey(transferKey(unit)),
+                                after: [sessions], metrics: [])
+                for member in unit.members { issuedFor[member.name] = issue }
+            }
+        }
         var checkpoints: [String: StepID] = [:]
         for instance in instances {
             checkpoints[instance.name] = add(instance.name, "checkpoint", at: src,
                 .checkpoint(CheckpointAction(instance: instance, imagesDir: imagesDir(instance))),
-                after: [sessions], metrics: [.checkpoint, .downtime, .total])
+                after: [sessions] + (issuedFor[instance.name].map { [$0] } ?? []), metrics: [.checkpoint, .downtime, .total])
         }
-        // Archive units: one for the whole migration, or one per instance.
-        let units = archiveUnits()
-        let route: TransferRoute = migration.transfer.path == .direct ? .direct : .relay
         var verified: [StepID] = []
         var singleArchive: ArchiveUnit?
         for unit in units {
@@ -276,9 +288,17 @@ struct MigrationCompiler {
                 if rollbackEnabled, let checkpoint = checkpoints[instance.name] {
                     rollbacks.append(RollbackGroup(
                         id: "\(instance.name).rollback", migration: migration.name,
-                        armedBy: [checkpoint], disarmedBy: [verify],
+                        armedBy: [checkpoint] + (issuedFor[instance.name].map { [$0] } ?? []), disarmedBy: [verify],
                         steps: statefulRollback(instance, unit: unit, src: src, dst: dst)))
                 }
+            }
+            if route == .direct {
+                // The key is spent when the transfer ends (the receive command removes its own
+                // line); its own step then confirms that and deletes the source's private key and
+                // pin, off the downtime path (after the destination is verified; a failed or
+                // stopped move does it in its rollback).
+                _ = add(unit.subject, "revokeTransferKey", at: .controller, .revokeTransferKey(transferKey(unit)),
+                        after: unitVerified.isEmpty ? [transfer] : unitVerified, metrics: [])
             }
             // Once every container of the archive runs verified on the destination, what reached
             // the destination for it (archive, digest, unpacked images, marker) is removed: no
@@ -298,6 +318,13 @@ struct MigrationCompiler {
         }
     }
 
+    /// The one-time key of a `direct` transfer of `unit`.
+    func transferKey(_ unit: ArchiveUnit) -> TransferKeyAction {
+        TransferKeyAction(from: source.name, to: destination.name, sourcePath: unit.sourceArchive,
+                          destinationPath: unit.destinationArchive, keysDir: "\(source.runtime.workDir)/keys",
+                          keysFile: destination.transferKeysFile)
+    }
+
     /// Undoing one instance's move: remove what reached the destination (the container, its
     /// unpacked images, the received archive with its digest and marker), remove the source's
     /// archive (so a later run can never ship this stale checkpoint), then restore on the source
@@ -312,7 +339,12 @@ struct MigrationCompiler {
             .restoreOnSource(RestoreAction(instance: instance, imagesDir: imagesDir(instance))), after: [cleanup.id])
         let verify = rollbackStep(instance.name, "verifyRunning", at: src,
             .verifyRunning(VerifyRunningAction(instance: instance, checkState: true)), after: [restore.id])
-        return [cleanup, removeArchive, restore, verify]
+        guard migration.transfer.path == .direct else { return [cleanup, removeArchive, restore, verify] }
+        // A `direct` move's one-time key goes whatever happened to the transfer (a step of its
+        // own: re-run on resume until the key line and the key directory are gone).
+        let revoke = rollbackStep(instance.name, "rollbackTransferKey", at: .controller,
+            .revokeTransferKey(transferKey(unit)), after: [])
+        return [revoke, cleanup, removeArchive, restore, verify]
     }
 
     // MARK: Stateless

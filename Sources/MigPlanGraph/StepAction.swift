@@ -139,6 +139,30 @@ public struct VerifyDigestAction: Sendable, Hashable, Codable {
     }
 }
 
+/// The one-time key of a `direct` transfer: generated on the source (`keyDir`, holding the
+/// private key and the destination's pinned host key), its public half installed on the
+/// destination in `keysFile` restricted to receiving `destinationPath` from the source's address.
+/// Issued and revoked by controller steps; every key of this archive is found by the archive's
+/// destination path (in the key line's forced command) and by `keyDir`'s `target` file.
+public struct TransferKeyAction: Sendable, Hashable, Codable {
+    public var from: String
+    public var to: String
+    public var sourcePath: String
+    public var destinationPath: String
+    /// Directory on the source holding one subdirectory per key (`W/keys`).
+    public var keysDir: String
+    /// The destination's authorized_keys file; nil = `~/.ssh/authorized_keys` of the login user.
+    public var keysFile: String?
+    public init(from: String, to: String, sourcePath: String, destinationPath: String, keysDir: String, keysFile: String?) {
+        self.from = from
+        self.to = to
+        self.sourcePath = sourcePath
+        self.destinationPath = destinationPath
+        self.keysDir = keysDir
+        self.keysFile = keysFile
+    }
+}
+
 /// Unpacks an archive into a fresh directory, refusing entries that would land outside it.
 public struct UnpackAction: Sendable, Hashable, Codable {
     public var archivePath: String
@@ -189,6 +213,26 @@ extension CleanupAction {
     }
 }
 
+/// `transfer.method: page-server`: one instance's pages go from the source's CRIU dump (`imagesDir`
+/// keeps the rest of the images) to a CRIU page server on the destination writing `receiveDir`,
+/// through SSH channels spliced by the controller (`docs/page-server.md`).
+public struct PageServerAction: Sendable, Hashable, Codable {
+    public var instance: ContainerInstance
+    public var from: String
+    public var to: String
+    /// The source's checkpoint directory (everything but the pages).
+    public var imagesDir: String
+    /// The destination's directory: pages from the page server, then the rest; restored from.
+    public var receiveDir: String
+    public init(instance: ContainerInstance, from: String, to: String, imagesDir: String, receiveDir: String) {
+        self.instance = instance
+        self.from = from
+        self.to = to
+        self.imagesDir = imagesDir
+        self.receiveDir = receiveDir
+    }
+}
+
 // MARK: - The action enum
 
 /// What a step does. JSON form: an object with `"kind"` and the payload's fields side by side.
@@ -223,6 +267,18 @@ public enum StepAction: Sendable, Hashable, Codable {
     case cleanupDestination(CleanupAction)
     /// Rollback: restore the container on the source from its own checkpoint images.
     case restoreOnSource(RestoreAction)
+    /// `direct` transfer: a one-time key generated on the source, installed (restricted) on the destination.
+    case issueTransferKey(TransferKeyAction)
+    /// `direct` transfer: the one-time key removed from the destination, the source's key and pin deleted.
+    case revokeTransferKey(TransferKeyAction)
+    /// `page-server`: before the freeze, the destination's page server started and the source's
+    /// loopback listener (SSH remote forward) opened.
+    case pageServerPrepare(PageServerAction)
+    /// `page-server`: after the dump, the page server's exit checked, the rest of the images
+    /// relayed (validated), the received files' digest recorded.
+    case pageServerFinish(PageServerAction)
+    /// `page-server` rollback: the pages relayed back from the destination to the source (validated).
+    case pageServerReturn(PageServerAction)
 
     /// The action's name as JSON and text show it.
     public var kind: String {
@@ -242,6 +298,11 @@ public enum StepAction: Sendable, Hashable, Codable {
         case .start: return "start"
         case .cleanupDestination: return "cleanupDestination"
         case .restoreOnSource: return "restoreOnSource"
+        case .issueTransferKey: return "issueTransferKey"
+        case .revokeTransferKey: return "revokeTransferKey"
+        case .pageServerPrepare: return "pageServerPrepare"
+        case .pageServerFinish: return "pageServerFinish"
+        case .pageServerReturn: return "pageServerReturn"
         }
     }
 
@@ -273,6 +334,10 @@ public enum StepAction: Sendable, Hashable, Codable {
         case .stop: return 120
         case .kill: return 60
         case .start: return 300
+        case .issueTransferKey, .revokeTransferKey: return 120
+        case .pageServerPrepare: return 120
+        case .pageServerFinish: return 900
+        case .pageServerReturn: return 1800
         }
     }
 
@@ -312,6 +377,16 @@ public enum StepAction: Sendable, Hashable, Codable {
             return "remove " + a.itemsDescription
         case .restoreOnSource(let a):
             return "restore \(a.instance) (\(a.instance.runtime)) on the source from \(a.imagesDir)"
+        case .issueTransferKey(let a):
+            return "one-time key on \(a.from) for sending \(a.sourcePath), accepted by \(a.to) only to receive \(a.destinationPath)"
+        case .revokeTransferKey(let a):
+            return "revoke the one-time keys for \(a.destinationPath) (\(a.to)) and delete them on \(a.from)"
+        case .pageServerPrepare(let a):
+            return "page server for \(a.instance) on \(a.to) into \(a.receiveDir), listener on \(a.from)'s loopback (SSH remote forward)"
+        case .pageServerFinish(let a):
+            return "rest of \(a.imagesDir) from \(a.from) to \(a.to):\(a.receiveDir) (relay, validated), digest of the received images"
+        case .pageServerReturn(let a):
+            return "pages of \(a.instance) back from \(a.to):\(a.receiveDir) to \(a.from):\(a.imagesDir) (relay, validated)"
         }
     }
 
@@ -336,6 +411,11 @@ public enum StepAction: Sendable, Hashable, Codable {
         case "start": self = .start(try InstanceAction(from: decoder))
         case "cleanupDestination": self = .cleanupDestination(try CleanupAction(from: decoder))
         case "restoreOnSource": self = .restoreOnSource(try RestoreAction(from: decoder))
+        case "issueTransferKey": self = .issueTransferKey(try TransferKeyAction(from: decoder))
+        case "revokeTransferKey": self = .revokeTransferKey(try TransferKeyAction(from: decoder))
+        case "pageServerPrepare": self = .pageServerPrepare(try PageServerAction(from: decoder))
+        case "pageServerFinish": self = .pageServerFinish(try PageServerAction(from: decoder))
+        case "pageServerReturn": self = .pageServerReturn(try PageServerAction(from: decoder))
         default:
             throw DecodingError.dataCorruptedError(
                 forKey: .kind, in: container, debugDescription: "unknown step action kind \"\(kind)\"")
@@ -361,6 +441,9 @@ public enum StepAction: Sendable, Hashable, Codable {
         case .start(let a): try a.encode(to: encoder)
         case .cleanupDestination(let a): try a.encode(to: encoder)
         case .restoreOnSource(let a): try a.encode(to: encoder)
+        case .issueTransferKey(let a): try a.encode(to: encoder)
+        case .revokeTransferKey(let a): try a.encode(to: encoder)
+        case .pageServerPrepare(let a), .pageServerFinish(let a), .pageServerReturn(let a): try a.encode(to: encoder)
         }
     }
 }

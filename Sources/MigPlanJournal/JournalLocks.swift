@@ -22,10 +22,13 @@ extension Journal {
     ///
     /// The locks live as long as this journal's database session: if the database connection
     /// is lost, the server releases them.
+    ///
+    /// `refuseIfHeldBy` (`apply --resume RUN`): a lock held by that run means its controller
+    /// process still runs it; throws `.lockTimeout` at once, without waiting.
     @discardableResult
     public func withContainerLocks<T: Sendable>(
         _ names: [String], runID: String, timeout: Duration, pollInterval: Duration = .milliseconds(200),
-        _ body: @Sendable () async throws -> T
+        refuseIfHeldBy liveRun: String? = nil, _ body: @Sendable () async throws -> T
     ) async throws -> T {
         let connection = try await liveConnection()
         let sorted = Array(Set(names)).sorted()
@@ -47,6 +50,11 @@ extension Journal {
                     if got {
                         held.append(name)
                         break
+                    }
+                    if let liveRun, let who = try await lockHolder(of: name), who.runID == liveRun {
+                        throw JournalError(.lockTimeout,
+                            "run \(liveRun) is still running: it holds the lock on container \(name) (\(who.holder), since \(who.acquiredAt)); "
+                                + "a live run cannot be resumed", context: "run \(runID)")
                     }
                     if ContinuousClock.now >= deadline {
                         let who = try await lockHolder(of: name)

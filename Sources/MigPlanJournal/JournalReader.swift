@@ -80,6 +80,10 @@ public struct JournalReader: Sendable {
         public var run: Run
         public var steps: [Step]
         public var metrics: [Metric]
+        /// The run this one resumed (`apply --resume`), if any.
+        public var resumes: String? = nil
+        /// Runs that resumed this one.
+        public var resumedBy: [String]? = nil
     }
 
     static func ts(_ column: String) -> String {
@@ -150,7 +154,9 @@ public struct JournalReader: Sendable {
                 resumeDuration: r[8].flatMap(Double.init), killDuration: r[9].flatMap(Double.init),
                 startDuration: r[10].flatMap(Double.init)))
         }
-        return RunDetail(run: run, steps: steps, metrics: metrics)
+        let resumption = try await resumption(of: run.id)
+        return RunDetail(run: run, steps: steps, metrics: metrics, resumes: resumption.resumes,
+                         resumedBy: resumption.resumedBy.isEmpty ? nil : resumption.resumedBy)
     }
 
     /// `prefix%` with LIKE's metacharacters escaped.

@@ -202,6 +202,9 @@ public struct Host: Sendable, Hashable, Codable {
     /// Name of an entry of `Plan.keys`.
     public var key: String
     public var runtime: HostRuntimePaths
+    /// The authorized_keys file this host's sshd reads in which `path: direct` moves install their
+    /// one-time keys (absolute path on the host); nil = `~/.ssh/authorized_keys` of `user`.
+    public var transferKeysFile: String? = nil
     public var marks: FieldMarks
 
     public init(name: String, address: String, port: Int = Host.defaultPort, user: String = Host.defaultUser,
@@ -437,11 +440,22 @@ public enum TransferPath: String, Sendable, Hashable, Codable, CaseIterable {
     case direct
 }
 
+/// How the checkpoint's memory pages travel.
+public enum TransferMethod: String, Sendable, Hashable, Codable, CaseIterable {
+    /// Checkpoint into files, archive them, move the archive, unpack, restore (the paper).
+    case archive
+    /// CRIU's page server on the destination receives the pages while the dump runs, through an
+    /// SSH tunnel spliced by the controller; only the small rest of the images moves afterwards.
+    case pageServer = "page-server"
+}
+
 /// Options of the checkpoint transfer.
 public struct TransferOptions: Sendable, Hashable, Codable {
     public var compression: Compression
     public var archive: ArchiveMode
     public var path: TransferPath
+    /// `archive` (default) or `page-server`.
+    public var method: TransferMethod = .archive
     public var marks: FieldMarks
 
     public init(compression: Compression = .defaultValue, archive: ArchiveMode = .single,

@@ -335,13 +335,16 @@ struct PlanDecoder {
             }
             var marks = FieldMarks(node: mark(pair))
             var host = Host(name: pair.key, address: "", key: "", marks: marks)
-            guard let f = fields(pair.value, path, allowed: ["address", "port", "user", "key", "runtime"],
+            guard let f = fields(pair.value, path, allowed: ["address", "port", "user", "key", "runtime", "transferKeysFile"],
                                  required: ["address", "key"]) else { return host }
             for (k, p) in f { marks.byField[k] = mark(p.value) }
             if let value = f["address"]?.value, let s = string(value, "\(path).address", pattern: .address) { host.address = s }
             if let value = f["port"]?.value, let port = int(value, "\(path).port", range: 1...65535) { host.port = port }
             if let value = f["user"]?.value, let user = string(value, "\(path).user", pattern: .user) { host.user = user }
             if let value = f["key"]?.value, let key = string(value, "\(path).key", pattern: .name) { host.key = key }
+            if let value = f["transferKeysFile"]?.value {
+                host.transferKeysFile = string(value, "\(path).transferKeysFile", pattern: .hostDirectory)
+            }
             if let value = f["runtime"]?.value {
                 let runtimePath = "\(path).runtime"
                 if let r = fields(value, runtimePath, allowed: ["runcRoot", "dockerHost", "cgroupParent", "workDir", "checkpoint"], required: []) {
@@ -510,7 +513,7 @@ struct PlanDecoder {
     mutating func decodeTransfer(_ node: YNode, _ path: String) -> TransferOptions {
         var marks = FieldMarks(node: mark(node))
         var transfer = TransferOptions(marks: marks)
-        guard let f = fields(node, path, allowed: ["compression", "level", "archive", "path"], required: []) else { return transfer }
+        guard let f = fields(node, path, allowed: ["compression", "level", "archive", "path", "method"], required: []) else { return transfer }
         for (k, p) in f { marks.byField[k] = mark(p.value) }
         var compression = "zlib"
         if let v = f["compression"]?.value, let s = enumeration(v, "\(path).compression", ["zlib", "none"]) { compression = s }
@@ -527,6 +530,21 @@ struct PlanDecoder {
         }
         if let v = f["path"]?.value, let s = enumeration(v, "\(path).path", TransferPath.allCases.map(\.rawValue)) {
             transfer.path = TransferPath(rawValue: s) ?? .relay
+        }
+        if let v = f["method"]?.value, let s = enumeration(v, "\(path).method", TransferMethod.allCases.map(\.rawValue)) {
+            transfer.method = TransferMethod(rawValue: s) ?? .archive
+            if transfer.method == .pageServer {
+                // Pages are sent raw: compression does not apply (zlib given explicitly is an error).
+                if let c = f["compression"]?.value, compression == "zlib" {
+                    error(c, "\(path).compression", "method page-server sends memory pages raw; remove compression or set compression: none")
+                } else if let l = f["level"]?.value, compression == "zlib" {
+                    error(l, "\(path).level", "method page-server sends memory pages raw; a zlib level does not apply")
+                }
+                transfer.compression = .none
+                if let p = f["path"]?.value, transfer.path == .direct {
+                    error(p, "\(path).path", "method page-server with path: direct is not yet available; use path: relay")
+                }
+            }
         }
         transfer.marks = marks
         return transfer

@@ -162,6 +162,10 @@ public struct PlanValidator: Sendable {
                     if !container.runtime.canCheckpoint {
                         error(itemMark, itemPath, "container \"\(name)\" uses runtime \(container.runtime.rawValue), which cannot checkpoint")
                     }
+                    if migration.transfer.method == .pageServer, container.runtime == .docker {
+                        error(itemMark, itemPath,
+                              "container \"\(name)\" uses runtime docker: transfer method page-server needs runc (Docker's checkpoint cannot send pages to a page server); use method: archive")
+                    }
                     if !container.stateful {
                         warning(itemMark, itemPath,
                                 "container \"\(name)\" is declared stateful: false but is moved by the stateful flow (checkpoint/restore)")

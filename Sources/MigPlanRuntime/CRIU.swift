@@ -23,6 +23,15 @@ public struct CriuCommands: Sendable, Equatable {
     /// `criu --version`.
     public func version() -> String { "\(ShellQuote.quote(criuPath)) --version" }
 
+    /// A CRIU page server for one dump, in the background once it listens (`-d`): it writes the
+    /// pages it receives into `imagesDir`, listens on `address:port` only (a loopback address:
+    /// the traffic reaches it through an SSH tunnel), writes its pid to `pidFile` and its log to
+    /// `logFile`, and exits when the dump's connection ends.
+    public func pageServer(imagesDir: String, address: String, port: Int, pidFile: String, logFile: String) -> String {
+        [criuPath, "page-server", "--images-dir", imagesDir, "--address", address, "--port", String(port),
+         "-d", "--pidfile", pidFile, "-o", logFile, "-v2"].map(ShellQuote.quote).joined(separator: " ")
+    }
+
     /// `criu check --feature NAME`; CRIU exits non-zero when the feature is missing.
     public func checkFeature(_ feature: Feature) -> String {
         "\(ShellQuote.quote(criuPath)) check --feature \(ShellQuote.quote(feature.rawValue)) 2>&1"

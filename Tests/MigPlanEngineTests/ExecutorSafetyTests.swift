@@ -64,10 +64,13 @@ struct ExecutorSafetyTests {
         #expect(!world.actLog.contains("app.cleanupSource@instance1"))
         #expect(report.outcomes["app.cleanupSource@instance1"] == .skipped(.dependencyFailed("app.verifyRunning@instance2")))
         #expect(report.rolledBack == ["app.rollback"])
-        for gate in ["move.preflight@instance1", "move.preflight@instance2", "move.verifyDigest@instance2"] {
+        for gate in ["move.preflight@instance1", "move.preflight@instance2"] {
             #expect(world.acts(of: gate) == 1, "\(gate) not checked again")
             #expect(report.outcomes[gate] == .unchanged)
         }
+        // Inside a move the previous run had verified, the digest of an archive the clean-ups
+        // may have removed is not checked again (ResumeAfterCrashTests); the destination is.
+        #expect(report.outcomes["move.verifyDigest@instance2"] == .unchanged)
         // Non-gates the previous run completed are only probed.
         #expect(world.acts(of: "app.checkpoint@instance1") == 0)
     }

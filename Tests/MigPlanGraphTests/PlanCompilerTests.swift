@@ -82,6 +82,65 @@ struct PlanCompilerTests {
         #expect(direct.step("move.transfer@controller") == nil)
     }
 
+    @Test func directTransferIssuesAOneTimeKeyBeforeTheFreezeAndRevokesItOffTheDowntimePath() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful, path: .direct))
+        let issue = try #require(graph.step("move.issueTransferKey@controller"))
+        let revoke = try #require(graph.step("move.revokeTransferKey@controller"))
+        #expect(issue.dependsOn == ["move.sessions@controller"])
+        #expect(Set(try #require(graph.step("app.checkpoint@instance1")).dependsOn) == ["move.sessions@controller", issue.id])
+        #expect(try #require(graph.step("move.transfer@instance1")).dependsOn == ["move.archive@instance1"])
+        // The key arms the rollback like the checkpoint: a move stopped after it revokes it.
+        #expect(try #require(graph.rollbacks.first).armedBy == ["app.checkpoint@instance1", issue.id])
+        #expect(revoke.dependsOn == ["app.verifyRunning@instance2"])
+        #expect(graph.dependsTransitively(revoke.id, on: "move.transfer@instance1"))
+        guard case .issueTransferKey(let key) = issue.action, case .revokeTransferKey(let same) = revoke.action else {
+            Issue.record("wrong actions"); return
+        }
+        #expect(key == same)
+        #expect(key.keysDir == "/var/lib/migplan/keys")
+        #expect(key.keysFile == nil)
+        #expect(key.destinationPath == "/var/lib/migplan/incoming/move.tar.zz")
+        // The unpack does not wait for the revocation (no downtime added).
+        #expect(!graph.dependsTransitively("move.unpack@instance2", on: revoke.id))
+    }
+
+    @Test func directTransferKeyIsAlsoRevokedByTheRollbackFirst() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful, path: .direct))
+        let group = try #require(graph.rollbacks.first)
+        #expect(group.steps.map(\.id) == [
+            "app.rollbackTransferKey@controller", "app.cleanupDestination@instance2", "app.removeArchive@instance1",
+            "app.restoreOnSource@instance1", "app.verifyRunning@instance1",
+        ])
+        guard case .revokeTransferKey = group.steps[0].action else { Issue.record("wrong action"); return }
+        #expect(group.steps[0].dependsOn.isEmpty)
+    }
+
+    @Test func relayTransferHasNoKeySteps() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful))
+        #expect(graph.ids(ofKind: "issueTransferKey").isEmpty)
+        #expect(graph.ids(ofKind: "revokeTransferKey").isEmpty)
+        #expect(graph.rollbacks.allSatisfy { !$0.steps.contains { $0.action.kind == "revokeTransferKey" } })
+    }
+
+    @Test func transferKeysFileOfTheDestinationReachesTheKeySteps() throws {
+        var plan = PlanFixtures.plan(flow: .stateful, archive: .perContainer, path: .direct)
+        plan.hosts[1].transferKeysFile = "/var/lib/migplan/ssh/authorized_keys"
+        let graph = try PlanCompiler.compile(plan)
+        let issue = try #require(graph.step("move/app.issueTransferKey@controller"))
+        guard case .issueTransferKey(let key) = issue.action else { Issue.record("wrong action"); return }
+        #expect(key.keysFile == "/var/lib/migplan/ssh/authorized_keys")
+        #expect(graph.step("move/app.revokeTransferKey@controller") != nil)
+    }
+
+    @Test func receivedManifestAndItsMACAreRemovedWithTheArchive() throws {
+        let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful))
+        guard case .cleanupDestination(let c) = try #require(graph.step("move.cleanupIncoming@instance2")).action else {
+            Issue.record("wrong action"); return
+        }
+        #expect(c.paths.contains("/var/lib/migplan/incoming/move.tar.zz.manifest"))
+        #expect(c.paths.contains("/var/lib/migplan/incoming/move.tar.zz.manifest.hmac"))
+    }
+
     @Test func statefulRollbackIsArmedByTheCheckpointAndDisarmedByDestinationVerification() throws {
         let graph = try PlanCompiler.compile(PlanFixtures.plan(flow: .stateful))
         let group = try #require(graph.rollbacks.first)

@@ -95,8 +95,9 @@ sshd_effective() {  # the effective sshd configuration of instance1 (sshd -T)
     -C user=root,host=controller,addr=10.77.0.1,laddr=10.77.0.11,lport=22
 }
 for setting in "strictmodes yes" "authenticationmethods publickey" "allowagentforwarding no" "permittunnel no" \
-               "allowtcpforwarding local" "allowstreamlocalforwarding no" "x11forwarding no" "permitlisten none"; do
-  check "sshd: $setting" bash -c "$(declare -f sshd_effective); LAB='$LAB' LAB_DIR='$LAB_DIR' sshd_effective | grep -qx '$setting'"
+               "allowtcpforwarding yes" "allowstreamlocalforwarding no" "x11forwarding no" "permitlisten 127.0.0.1:*" \
+               "gatewayports no"; do
+  check "sshd: $setting" bash -c "$(declare -f sshd_effective); LAB='$LAB' LAB_DIR='$LAB_DIR' sshd_effective | grep -qxF '$setting'"
 done
 check "sshd: AuthorizedKeysFile /run/migplan-lab/authorized_keys and its directories are root's alone (StrictModes)" \
   "$LAB" exec instance1 -- bash -c 'for p in / /run /run/migplan-lab /run/migplan-lab/authorized_keys; do
@@ -113,8 +114,12 @@ else
 fi
 refuse_with "local forwarding to an address outside PermitOpen is refused" "administratively prohibited" \
   bash -c "$(declare -f lab_fwd addr); KNOWN='$KNOWN' KEY='$KEY' lab_fwd 10.77.0.200:22 | grep -q SSH-"
-refuse_with "remote forwarding is refused" "remote port forwarding failed" \
-  lab_ssh "$(addr 1)" -o ExitOnForwardFailure=yes -R 127.0.0.1:0:127.0.0.1:9 -- sleep 1
+check "remote forwarding bound to the host's loopback works (page-server tunnel)" \
+  lab_ssh "$(addr 1)" -o ExitOnForwardFailure=yes -R 127.0.0.1:0:127.0.0.1:9 -- true
+refuse_with "remote forwarding on the host's lab address is refused" "remote port forwarding failed" \
+  lab_ssh "$(addr 1)" -o ExitOnForwardFailure=yes -R "$(addr 1):0:127.0.0.1:9" -- sleep 1
+refuse_with "remote forwarding on all addresses is refused" "remote port forwarding failed" \
+  lab_ssh "$(addr 1)" -o ExitOnForwardFailure=yes -R 0.0.0.0:0:127.0.0.1:9 -- sleep 1
 
 echo "== separate hosts"
 marker="lab-test-$$-$RANDOM"

@@ -1,0 +1,199 @@
+import Foundation
+import MigPlanActions
+import MigPlanBasics
+import MigPlanJournal
+import Testing
+
+extension ApplyLabSuites {
+/// `transfer.method: page-server` end to end on the lab (instance7 → instance8): CRIU's pages go
+/// from the dump through the controller's SSH channels into the destination's page server; a
+/// failure after the dump brings the pages back and restores on the source.
+@Suite(.serialized, .enabled(if: !ApplyLab.skipped, "MIGPLAN_SKIP_LAB=1: the lab is declared absent"))
+struct PageServerLabTests {
+    static let source = "instance7"
+    static let destination = "instance8"
+
+    func options(schema: String, hooks: FaultHooks = FaultHooks()) throws -> ApplyOptions {
+        var o = ApplyOptions()
+        o.environment = try ApplyLab.applyEnvironment()
+        o.journalSchema = schema
+        o.hooks = hooks
+        o.lockTimeout = .seconds(10)
+        return o
+    }
+
+    /// A page-server plan moving `name` from instance7 to instance8 (absolute lab paths).
+    static func plan(_ name: String) throws -> String {
+        let lab = ApplyLab.labDir
+        let text = """
+            apiVersion: migplan/v1
+            name: \(name)
+            ssh:
+              knownHosts: \(lab)/known_hosts
+            keys:
+              controller:
+                path: \(lab)/keys/controller_ed25519
+            hosts:
+              instance7: {address: 10.77.0.17, key: controller}
+              instance8: {address: 10.77.0.18, key: controller}
+            journal:
+              host: 10.77.0.1
+              port: 5433
+              dbname: migplan
+              user: migplan
+              sslrootcert: \(lab)/pg/ca.crt
+              passwordEnv: MIGPLAN_JOURNAL_PASSWORD
+            containers:
+              \(name):
+                runtime: runc
+                bundle: /var/lib/migplan/bundles/\(name)
+                stateful: true
+            migrations:
+              - name: \(name)
+                containers: [\(name)]
+                from: instance7
+                to: instance8
+                transfer:
+                  method: page-server
+                  path: relay
+                retry:
+                  attempts: 1
+                onFailure: rollback
+            """
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ps-plan-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let file = dir.appendingPathComponent("\(name).yaml")
+        try text.write(to: file, atomically: true, encoding: .utf8)
+        return file.path
+    }
+
+    func installMemhog(_ name: String, mb: Int = 24) async throws {
+        for host in [Self.source, Self.destination] {
+            await ApplyLab.wipe(name, on: host)
+            try await ApplyLab.installBundle("memhog", on: host, name: name,
+                                             args: ["--mb", String(mb), "--mode", "incompressible", "--period", "0.5"])
+        }
+        try await ApplyLab.startRunc(name, on: Self.source)
+    }
+
+    @Test func pageServerMoveKeepsTheProcessAndItsMemoryAndLeavesNothingBehind() async throws {
+        try ApplyLab.requireLab()
+        let name = "ps-move"
+        try await installMemhog(name)
+        let schema = try await ApplyLab.freshSchema()
+        defer { Task { await ApplyLab.dropSchema(schema) } }
+        let before = try await ApplyLab.report(name, on: Self.source)
+
+        let result = try await ApplySession.apply(planFile: try Self.plan(name), options: try options(schema: schema))
+        #expect(result.outcome == .succeeded, "\(result.summary)")
+        #expect(try await ApplyLab.isRunning(name, on: Self.destination))
+        #expect(!(try await ApplyLab.isRunning(name, on: Self.source)))
+        let after = try await ApplyLab.report(name, on: Self.destination)
+        #expect(after["boot"] as? String == before["boot"] as? String, "the same process continued")
+        #expect((after["counter"] as? Int ?? -1) >= (before["counter"] as? Int ?? 0), "the counter continued")
+        #expect(after["intact"] as? Bool == true, "memory digest unchanged")
+
+        let detail = try await ApplyLab.runDetail(result.runID, schema: schema)
+        let checkpoint = try #require(detail.steps.first { $0.stepKey == "\(name).checkpoint@\(Self.source)" })
+        // The pages crossed the controller (hashed), more than the container's memory.
+        let pageBytes = checkpoint.detail.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: String] }?["pageBytes"]
+        #expect(Int(pageBytes ?? "") ?? 0 > 24 << 20, "\(checkpoint.detail ?? "")")
+        let restore = try #require(detail.steps.first { $0.stepKey == "\(name).restore@\(Self.destination)" })
+        #expect(restore.detail?.contains("imagesVerified") == true)
+        let metric = try #require(detail.metrics.first { $0.container == name })
+        #expect((metric.downtime ?? 0) > 0)
+        // No page server, listener or images left on either host.
+        #expect(try await ApplyLab.leftovers(of: name, on: Self.source) == "")
+        #expect(try await ApplyLab.leftovers(of: name, on: Self.destination) == "")
+        // (A zombie waiting for the lab's PID 1 to reap it has exited: not counted.)
+        let servers = try await ApplyLab.exec(Self.destination,
+            "ps -eo stat=,args= | grep -v '^Z' | grep -E '[c]riu page-server .*/restore/\(name)/' || true")
+        #expect(servers.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "")
+        await ApplyLab.wipe(name, on: Self.destination)
+    }
+
+    @Test func restoreFailingAfterThePagesLeftBringsThemBackAndTheSameProcessRunsOnTheSource() async throws {
+        try ApplyLab.requireLab()
+        let name = "ps-fault-restore"
+        try await installMemhog(name)
+        let schema = try await ApplyLab.freshSchema()
+        defer { Task { await ApplyLab.dropSchema(schema) } }
+        let before = try await ApplyLab.report(name, on: Self.source)
+        // Sabotage the destination's bundle after the dump succeeded: its restore must fail.
+        let hooks = FaultHooks(beforeAct: ["\(name).restore@\(Self.destination)": { _, run in
+            _ = try await run(Self.destination, "mv /var/lib/migplan/bundles/\(name)/config.json /var/lib/migplan/bundles/\(name)/config.json.off")
+        }])
+        let result = try await ApplySession.apply(planFile: try Self.plan(name), options: try options(schema: schema, hooks: hooks))
+        _ = try? await ApplyLab.exec(Self.destination, "mv /var/lib/migplan/bundles/\(name)/config.json.off /var/lib/migplan/bundles/\(name)/config.json")
+        #expect(result.outcome == .failed, "\(result.summary)")
+        #expect(result.report?.rolledBack == ["\(name).rollback"])
+        #expect(try await ApplyLab.isRunning(name, on: Self.source))
+        #expect(!(try await ApplyLab.isRunning(name, on: Self.destination)))
+        let after = try await ApplyLab.report(name, on: Self.source)
+        #expect(after["boot"] as? String == before["boot"] as? String, "the same process runs again on the source")
+        #expect((after["counter"] as? Int ?? -1) >= (before["counter"] as? Int ?? 0), "the counter did not go back")
+        #expect(after["intact"] as? Bool == true)
+        let detail = try await ApplyLab.runDetail(result.runID, schema: schema)
+        #expect(detail.run.outcome == "rolled-back")
+        let returned = try #require(detail.steps.first { $0.stepKey == "\(name).pageServerReturn@controller" })
+        #expect(returned.status == "changed")
+        #expect(returned.detail?.contains("sha256") == true, "the pages came back through the validating relay: \(returned.detail ?? "")")
+        #expect(try await ApplyLab.leftovers(of: name, on: Self.source) == "")
+        #expect(try await ApplyLab.leftovers(of: name, on: Self.destination) == "")
+        await ApplyLab.wipe(name, on: Self.source)
+        await ApplyLab.wipe(name, on: Self.destination)
+    }
+
+    /// Pages changed on the destination after they were received: the restore refuses them, and
+    /// the rollback refuses to bring them back (they differ from the digests recorded at
+    /// receipt), so the container is restored nowhere from altered memory; its images stay for
+    /// the operator.
+    @Test func pagesChangedOnTheDestinationAreNeitherRestoredThereNorBroughtBack() async throws {
+        try ApplyLab.requireLab()
+        let name = "ps-fault-tamper"
+        try await installMemhog(name)
+        let schema = try await ApplyLab.freshSchema()
+        defer { Task { await ApplyLab.dropSchema(schema) } }
+        let hooks = FaultHooks(beforeAct: ["\(name).restore@\(Self.destination)": { _, run in
+            _ = try await run(Self.destination, "printf X >> \"$(ls /var/lib/migplan/restore/\(name)/\(name)/pages-*.img | head -1)\"")
+        }])
+        let result = try await ApplySession.apply(planFile: try Self.plan(name), options: try options(schema: schema, hooks: hooks))
+        #expect(result.outcome == .failed, "\(result.summary)")
+        let detail = try await ApplyLab.runDetail(result.runID, schema: schema)
+        let restore = try #require(detail.steps.first { $0.stepKey == "\(name).restore@\(Self.destination)" })
+        #expect(restore.status == "failed")
+        #expect(restore.detail?.contains("changed since their digest was recorded") == true, "\(restore.detail ?? "")")
+        let returned = try #require(detail.steps.first { $0.stepKey == "\(name).pageServerReturn@controller" })
+        #expect(returned.status == "failed")
+        #expect(returned.detail?.contains("differ from the digests recorded") == true, "\(returned.detail ?? "")")
+        #expect(!(try await ApplyLab.isRunning(name, on: Self.source)))
+        #expect(!(try await ApplyLab.isRunning(name, on: Self.destination)))
+        await ApplyLab.wipe(name, on: Self.source)
+        await ApplyLab.wipe(name, on: Self.destination)
+        _ = try? await ApplyLab.exec(Self.destination, "rm -rf /var/lib/migplan/restore/\(name)")
+    }
+
+    @Test func dumpFailingLeavesTheContainerRunningOnTheSource() async throws {
+        try ApplyLab.requireLab()
+        let name = "ps-fault-dump"
+        try await installMemhog(name)
+        let schema = try await ApplyLab.freshSchema()
+        defer { Task { await ApplyLab.dropSchema(schema) } }
+        let before = try await ApplyLab.report(name, on: Self.source)
+        // The page server is gone before the dump: CRIU cannot send its pages and must resume the container.
+        let hooks = FaultHooks(beforeAct: ["\(name).checkpoint@\(Self.source)": { _, run in
+            _ = try await run(Self.destination, "kill $(cat /var/lib/migplan/restore/\(name)/\(name).pageserver.pid); sleep 0.2")
+        }])
+        let result = try await ApplySession.apply(planFile: try Self.plan(name), options: try options(schema: schema, hooks: hooks))
+        #expect(result.outcome == .failed, "\(result.summary)")
+        #expect(try await ApplyLab.isRunning(name, on: Self.source))
+        #expect(!(try await ApplyLab.isRunning(name, on: Self.destination)))
+        let after = try await ApplyLab.report(name, on: Self.source)
+        #expect(after["boot"] as? String == before["boot"] as? String, "CRIU resumed the same process")
+        #expect(after["intact"] as? Bool == true)
+        #expect(try await ApplyLab.leftovers(of: name, on: Self.destination) == "")
+        await ApplyLab.wipe(name, on: Self.source)
+        await ApplyLab.wipe(name, on: Self.destination)
+    }
+}
+}

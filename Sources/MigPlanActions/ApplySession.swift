@@ -209,6 +209,7 @@ public enum ApplySession {
         let recorder = CommandRecorder()
         let runner = LiveStepRunner(plan: plan, graph: graph, sessions: sessions, recorder: recorder, hooks: options.hooks)
         runner.resumed = resume != nil
+        if let resume { runner.seedPreMoveReports(from: resume.completed) }
         let journalObserver = JournalObserver(runID: runID, journal: journal, graph: graph, recorder: recorder, secrets: secrets)
         // The runner learns of abandoned steps first (before the journal writes), so that the
         // rollback the executor may start next knows.

@@ -377,6 +377,45 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
         return "\(h) unreachable (\(e.message)); no restore or start of \(names.sorted().joined(separator: ", ")) ran there in this run, so it cannot run there"
     }
 
+    /// A resumed run: the workloads' state before the move, as the earlier run read it (its
+    /// checkpoint's outputs, else its source preflight's), so that `verifyRunning` still compares
+    /// the boot token and counter when the container was already frozen before this run began.
+    public func seedPreMoveReports(from completed: [StepID: [String: String]]) {
+        for step in graph.steps where step.role == .forward {
+            guard case .checkpoint(let c) = step.action else { continue }
+            let name = c.instance.name
+            var boot = completed[step.id]?["boot"]
+            var counter = completed[step.id]?["counter"].flatMap { Int($0) }
+            if boot == nil, let m = plan.migration(named: step.migration) {
+                let preflight = "\(m.name).preflight@\(StepLocation.host(m.from))"
+                boot = completed[preflight]?["\(name).boot"]
+                counter = completed[preflight]?["\(name).counter"].flatMap { Int($0) }
+            }
+            guard boot != nil || counter != nil else { continue }
+            let report = WorkloadReport(boot: boot, counter: counter, intact: nil, modelDigest: nil, raw: "")
+            lock.withLock { if preMoveReports[name] == nil { preMoveReports[name] = report } }
+        }
+    }
+
+    /// Before a stateful rollback removes an instance from the destination: if it RUNS there, the
+    /// source must be able to take it back (its checkpoint images are there, or it runs there);
+    /// otherwise the destination's copy is the only one and is left alone (the rollback fails,
+    /// saying so; the journal records where the container runs).
+    func refuseRemovingTheOnlyCopy(_ step: Step, _ a: CleanupAction) async throws {
+        guard let m = plan.migration(named: step.migration), m.flow.isStateful else { return }
+        let h = try hostName(of: step)
+        for instance in a.instances {
+            guard (try? await ops(instance, on: h).isRunning()) == true else { continue }
+            if (try? await ops(instance, on: m.from).isRunning()) == true { continue }
+            let dirs = checkpointImageDirs(of: instance.name, migration: m.name)
+            let test = dirs.map { "[ -f \"$(readlink -f \($0.shellQuoted))/inventory.img\" ]" }.joined(separator: " || ")
+            if !dirs.isEmpty, (try? await sh(m.from, test))?.succeeded == true { continue }
+            throw ActionError(.containerState, host: h, step: step.id,
+                              "\(instance.name) runs on \(h) and \(m.from) has neither a running copy nor its checkpoint images: "
+                              + "removing it from \(h) would lose it; left running on \(h)")
+        }
+    }
+
     // MARK: Acts
 
     func actStep(_ context: StepContext) async throws -> [String: String] {
@@ -437,6 +476,7 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
         case .verifyRunning(let a): return try await verifyRunning(step, a)
         case .cleanupSource(let a): return try await cleanup(step, a, force: false)
         case .cleanupDestination(let a):
+            if step.role == .rollback { try await refuseRemovingTheOnlyCopy(step, a) }
             do {
                 return try await cleanup(step, a, force: true)
             } catch {
@@ -506,6 +546,7 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
                     guard try await ops.isRunning(), let report = try? await ops.report(timeoutSeconds: 20) else { continue }
                     lock.withLock { preMoveReports[name] = report }
                     if let boot = report.boot { out["\(name).boot"] = boot }
+                    if let counter = report.counter { out["\(name).counter"] = String(counter) }
                 }
             }
         }

@@ -291,6 +291,31 @@ struct ApplyIntegrationTests {
         }, failing: "SHA-256")
     }
 
+    /// The rollback must not remove the destination's running copy when the source can no longer
+    /// take it back (its checkpoint images were removed outside migplan): the container stays
+    /// running on the destination, the run fails saying why.
+    @Test func rollbackNeverRemovesTheOnlyRunningCopy() async throws {
+        try ApplyLab.requireLab()
+        let name = "ap-only-copy"
+        try await installMemhog(name)
+        let boot = try await ApplyLab.report(name, on: "instance1")["boot"] as? String
+        let schema = try await ApplyLab.freshSchema()
+        defer { Task { await ApplyLab.dropSchema(schema) } }
+        let hooks = FaultHooks(beforeAct: ["\(name).verifyRunning@instance2": { _, run in
+            _ = try await run("instance1", "d=/var/lib/migplan/checkpoints/\(name)/\(name); rm -rf \"$(readlink -f $d)\" $d")
+            throw ApplyLab.Failure(description: "verification sabotaged by the test")
+        }])
+        let result = try await ApplySession.apply(planFile: try Self.memhogPlan(name), options: try options(schema: schema, hooks: hooks))
+        #expect(result.outcome == .failed)
+        #expect(result.problems.joined(separator: "\n").contains("would lose it"), "\(result.problems)")
+        #expect(try await ApplyLab.isRunning(name, on: "instance2"))
+        #expect(!(try await ApplyLab.isRunning(name, on: "instance1")))
+        let after = try await ApplyLab.report(name, on: "instance2")
+        #expect(after["boot"] as? String == boot)
+        await ApplyLab.wipe(name, on: "instance1")
+        await ApplyLab.wipe(name, on: "instance2")
+    }
+
     @Test func failedRestoreOnDestinationRollsBack() async throws {
         _ = try await expectRollback("ap-fault-restore", hooks: { name in
             FaultHooks(beforeAct: ["\(name).restore@instance2": { _, run in

@@ -205,6 +205,11 @@ public enum ApplySession {
             throw ApplyError(.journalUnreachable, "could not record the run in the journal: \(error)")
         }
         options.onRunID?(runID)
+        if let fault {
+            // Never silent: the operator sees it, and the journal says this run was meant to die.
+            FileHandle.standardError.write(Data("migplan: \(FaultInjection.environmentVariable)=\(fault) is set: this process will SIGKILL itself (a testing aid, docs/resume.md)\n".utf8))
+            try? await journal.appendAudit(AuditEvent(runID: runID, action: "fault-injection.armed", subject: fault.description))
+        }
         let sessions = SessionPool(plan: plan, environment: options.environment)
         let recorder = CommandRecorder()
         let runner = LiveStepRunner(plan: plan, graph: graph, sessions: sessions, recorder: recorder, hooks: options.hooks)

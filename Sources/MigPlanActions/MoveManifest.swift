@@ -142,23 +142,37 @@ public struct ManifestKeys: Sendable {
     /// Refuses a file that is not ours, is group/world-accessible, or is not 32 bytes.
     public static func load(directory: String = stateDirectory()) throws(ManifestKeyError) -> ManifestKeys {
         let path = directory + "/" + fileName
-        var st = stat()
-        if lstat(path, &st) != 0 {
-            guard errno == ENOENT else { throw ManifestKeyError(path: path, message: "cannot stat: \(String(cString: strerror(errno)))") }
+        var fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0 && errno == ENOENT {
             try create(path, directory: directory)
-            guard lstat(path, &st) == 0 else { throw ManifestKeyError(path: path, message: "cannot stat after creating it") }
+            fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw ManifestKeyError(path: path, message: "not a regular file (a symlink?); refusing it") }
+        guard fd >= 0 else {
+            let why = errno == ELOOP ? "a symlink; refusing it" : "cannot open: \(String(cString: strerror(errno)))"
+            throw ManifestKeyError(path: path, message: why)
+        }
+        defer { close(fd) }
+        // Checked on the descriptor that is read: no gap between the check and the read.
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw ManifestKeyError(path: path, message: "cannot stat: \(String(cString: strerror(errno)))") }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw ManifestKeyError(path: path, message: "not a regular file; refusing it") }
         guard st.st_uid == geteuid() else { throw ManifestKeyError(path: path, message: "owned by uid \(st.st_uid), not by us (uid \(geteuid())); refusing it") }
         guard st.st_mode & 0o077 == 0 else {
             throw ManifestKeyError(path: path, message: String(format: "mode %04o lets others read or write it; refusing it (chmod 600)", st.st_mode & 0o7777))
         }
-        guard let data = FileManager.default.contents(atPath: path), data.count == 32 else {
-            throw ManifestKeyError(path: path, message: "must hold exactly 32 bytes")
+        var dirStat = stat()
+        if stat(directory, &dirStat) == 0, dirStat.st_mode & 0o022 != 0 || dirStat.st_uid != geteuid() {
+            throw ManifestKeyError(path: path, message: "its directory \(directory) is writable by others or not ours; refusing it")
         }
-        return ManifestKeys(master: Array(data))
+        var key = [UInt8](repeating: 0, count: 33)
+        let n = key.withUnsafeMutableBytes { read(fd, $0.baseAddress, 33) }
+        guard n == 32 else { throw ManifestKeyError(path: path, message: "must hold exactly 32 bytes") }
+        return ManifestKeys(master: Array(key.prefix(32)))
     }
 
+    /// Writes a fresh key into a private temporary file, then links it into place: the key file
+    /// appears complete or not at all (two controllers starting at once: the second link fails
+    /// and that one reads the first one's key).
     private static func create(_ path: String, directory: String) throws(ManifestKeyError) {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
@@ -168,16 +182,16 @@ public struct ManifestKeys: Sendable {
         }
         var g = SystemRandomNumberGenerator()
         let key = (0..<32).map { _ in UInt8.random(in: 0...255, using: &g) }
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            if errno == EEXIST { return }  // another process created it first: load it
-            throw ManifestKeyError(path: path, message: "cannot create: \(String(cString: strerror(errno)))")
-        }
-        defer { close(fd) }
+        let temporary = "\(path).\(getpid()).\(UInt32.random(in: 0...UInt32.max, using: &g)).tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw ManifestKeyError(path: path, message: "cannot create: \(String(cString: strerror(errno)))") }
+        defer { unlink(temporary) }
         let written = key.withUnsafeBytes { write(fd, $0.baseAddress, 32) }
-        guard written == 32, fsync(fd) == 0 else {
-            unlink(path)
-            throw ManifestKeyError(path: path, message: "cannot write the new key")
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard written == 32, synced else { throw ManifestKeyError(path: path, message: "cannot write the new key") }
+        if link(temporary, path) != 0 && errno != EEXIST {
+            throw ManifestKeyError(path: path, message: "cannot install the new key: \(String(cString: strerror(errno)))")
         }
     }
 }

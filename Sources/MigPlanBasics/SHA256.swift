@@ -95,6 +95,19 @@ public func hmacSHA256(key: [UInt8], message: [UInt8]) -> [UInt8] {
     return out
 }
 
+/// HMAC-SHA-1 (OpenSSL): only for matching OpenSSH's hashed known_hosts names (`|1|salt|hash`),
+/// which is what that format uses; never for integrity of migplan's own data.
+public func hmacSHA1(key: [UInt8], message: [UInt8]) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: 20)
+    var len: UInt32 = 20
+    key.withUnsafeBufferPointer { k in
+        message.withUnsafeBufferPointer { m in
+            _ = HMAC(EVP_sha1(), k.baseAddress, Int32(k.count), m.baseAddress, m.count, &out, &len)
+        }
+    }
+    return out
+}
+
 /// Cryptographically secure random bytes (OpenSSL RAND_bytes).
 public func secureRandomBytes(_ count: Int) -> [UInt8] {
     var out = [UInt8](repeating: 0, count: count)

@@ -279,15 +279,10 @@ public struct PlanValidator: Sendable {
                     out.append(Diagnostic(.error, at: host.marks["address"], path: fieldPath,
                                           "every key \(knownHostsShown) lists for \(name) is marked @revoked; verify the host's new key and add it"))
                 } else if types.isEmpty {
-                    if file.hasHashedEntries {
-                        out.append(Diagnostic(.note, at: host.marks["address"], path: fieldPath,
-                                              "\(knownHostsShown) has hashed entries; whether one is for \(name) was not checked"))
-                    } else {
-                        let keyscan = host.port == 22 ? "ssh-keyscan -t ed25519 \(Self.shellWord(host.address))"
-                            : "ssh-keyscan -p \(host.port) -t ed25519 \(Self.shellWord(host.address))"
-                        out.append(Diagnostic(.error, at: host.marks["address"], path: fieldPath,
-                                              "\(knownHostsShown) has no entry for \(name); verify the host's key and add it (e.g. \(keyscan) >> \(Self.shellWord(knownHostsShown)))"))
-                    }
+                    let keyscan = host.port == 22 ? "ssh-keyscan -t ed25519 \(Self.shellWord(host.address))"
+                        : "ssh-keyscan -p \(host.port) -t ed25519 \(Self.shellWord(host.address))"
+                    out.append(Diagnostic(.error, at: host.marks["address"], path: fieldPath,
+                                          "\(knownHostsShown) has no entry for \(name); verify the host's key and add it (e.g. \(keyscan) >> \(Self.shellWord(knownHostsShown)))"))
                 } else if !types.contains(where: plan.ssh.hostKeyTypes.contains) {
                     out.append(Diagnostic(.error, at: host.marks["address"], path: fieldPath,
                                           "\(knownHostsShown) lists \(name) only with \(types.joined(separator: ", ")), none of ssh.hostKeyTypes (\(plan.ssh.hostKeyTypes.joined(separator: ", ")))"))
@@ -362,6 +357,9 @@ enum KnownHosts {
     /// OpenSSH's rule: a negated pattern (`!pat`) that matches excludes the line; otherwise any
     /// matching pattern includes it. Patterns compare case-insensitively.
     static func matches(_ name: String, _ patterns: [String]) -> Bool {
+        if patterns.count == 1, let hashed = patterns.first, hashed.hasPrefix("|1|") {
+            return hashedMatches(name, hashed)
+        }
         var matched = false
         let lowered = name.lowercased()
         for pattern in patterns {
@@ -372,6 +370,15 @@ enum KnownHosts {
             }
         }
         return matched
+    }
+
+    /// A hashed entry `|1|SALT|HASH` (base64) names `name` when HASH = HMAC-SHA1(SALT, name), as
+    /// OpenSSH writes them (`HashKnownHosts yes`, Debian's default).
+    static func hashedMatches(_ name: String, _ entry: String) -> Bool {
+        let parts = entry.split(separator: "|", omittingEmptySubsequences: false)
+        guard parts.count == 4, parts[1] == "1",
+              let salt = Data(base64Encoded: String(parts[2])), let hash = Data(base64Encoded: String(parts[3])) else { return false }
+        return hmacSHA1(key: [UInt8](salt), message: Array(name.utf8)) == [UInt8](hash)
     }
 
     /// `*` (any run) and `?` (one character) matching.

@@ -52,6 +52,21 @@ import Testing
         #expect(report.diagnostics.first?.message.contains("ssh-keyscan") == true)
     }
 
+    /// Entries hashed by OpenSSH (`ssh-keygen -H`, Debian's `HashKnownHosts yes`) are matched.
+    @Test func hashedKnownHostsEntriesAreMatched() throws {
+        let a = "|1|aF6guKkGJpFf/wXRZxYeZidKupA=|vfX7ygpgbF+OLhyiHGd73Nzz6Tk= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA\n"
+        let b = "|1|BFyFDwiWWjQqHBG//yFbizcq/xA=|1FKY67KamPm/7F/pDqRcSt3RYiY= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB\n"
+        let other = "|1|NbUI9vV//MDZIioz4uP4nioKz4w=|aYCHJYXnC0vV8qhnr7+tcMbBU+8= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC\n"
+        try write("id_ed25519", "key")
+        try write("known_hosts", a + b)
+        let report = try check(mode: .always)
+        #expect(report.isValid && report.diagnostics.isEmpty, "\(report.diagnostics)")
+        // A hashed entry for another address (10.0.0.9) does not stand for 10.0.0.2.
+        try write("known_hosts", a + other)
+        let missing = try check(mode: .always)
+        #expect(TestSupport.summary(missing.diagnostics) == ["error 13:14 hosts.b.address"])
+    }
+
     @Test func nonStandardPortsUseTheBracketForm() throws {
         try write("id_ed25519", "key")
         try write("known_hosts", "[10.0.0.1]:2222 ssh-ed25519 AAAA\n10.0.0.2 ssh-ed25519 AAAA\n")

@@ -559,6 +559,30 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
         "/dev/shm/migplan/\(host)/\(migration)/\(instance)"
     }
 
+    /// The guard every use of `/dev/shm/migplan` runs first (docs/page-server.md, "tmpfs"):
+    /// `/dev/shm` is world-writable, so a local user could pre-create migplan's directories and
+    /// then read or swap memory dumps. `/dev/shm/migplan` and `/dev/shm/migplan/HOST` are made
+    /// with mode 0700 when missing; an existing one must be a real directory (not a symlink)
+    /// owned by the login user and writable by no one else (a 0755 one left by an earlier
+    /// version is tightened to 0700). Otherwise `$shm` holds the reason (empty when tmpfs may be
+    /// used) and a `tmpfs-refused REASON` line goes to stdout: the caller then uses the disk
+    /// and reports `tmpfsRefused` in its outputs. Nothing in the refused directory is touched.
+    static func shmGuard(host: String) -> String {
+        let hostDir = "/dev/shm/migplan/\(host)".shellQuoted
+        return "shm=''; u=$(id -u); for d in /dev/shm/migplan \(hostDir); do "
+            + "[ -e \"$d\" ] || [ -L \"$d\" ] || mkdir -m 700 \"$d\" 2>/dev/null || true; "
+            + "if [ -L \"$d\" ] || [ ! -d \"$d\" ]; then shm=\"$d is a symlink or not a directory\"; break; fi; "
+            + "o=$(stat -c '%u %a' \"$d\"); if [ \"${o%% *}\" != \"$u\" ]; then shm=\"$d is owned by uid ${o%% *}, not by $(id -un)\"; break; fi; "
+            + "case \"${o#* }\" in 700) ;; 7[0145][0145]) chmod 700 \"$d\" || { shm=\"$d: chmod 700 failed\"; break; } ;; "
+            + "*) shm=\"$d has mode ${o#* } (not 0700)\"; break;; esac; done; "
+            + "[ -z \"$shm\" ] || echo \"tmpfs-refused $shm; using the disk\"; "
+    }
+
+    /// The reason a `shmGuard` refused tmpfs, from a command's stdout.
+    static func tmpfsRefusal(_ stdout: String) -> String? {
+        stdout.split(separator: "\n").first { $0.hasPrefix("tmpfs-refused ") }.map { String($0.dropFirst("tmpfs-refused ".count)) }
+    }
+
     func checkpoint(_ step: Step, _ a: CheckpointAction) async throws -> [String: String] {
         let h = try hostName(of: step)
         let m = try migration(of: step)
@@ -590,7 +614,12 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
         }
         if useTmpfs {
             let t = tmpfsImagesDir(host: h, migration: m.name, instance: a.instance.name).shellQuoted
-            try await must(h, "rm -rf \(images) \(t) && mkdir -p \(t) \"$(dirname \(images))\" && ln -s \(t) \(images)", "prepare tmpfs images dir")
+            let guarded = try await must(h, Self.shmGuard(host: h) + "if [ -z \"$shm\" ]; then rm -rf \(images) \(t) && mkdir -p \(t) \"$(dirname \(images))\" && ln -s \(t) \(images); "
+                                         + "else rm -rf \(images) && mkdir -p \"$(dirname \(images))\"; fi", "prepare tmpfs images dir")
+            if let refused = Self.tmpfsRefusal(guarded.stdoutText) {
+                useTmpfs = false
+                out["tmpfsRefused"] = refused
+            }
         } else {
             try await must(h, "rm -rf \(images) && mkdir -p \"$(dirname \(images))\"", "prepare images dir")
         }
@@ -619,7 +648,8 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
             + "pid=$(printf '%s' \"$st\" | sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p'); "
             + "rss=$(ps -o rss= --pid \"$pid\" --ppid \"$pid\" | awk '{s+=$1} END {print s*1024}'); "
             + "free=$(df -PB1 /dev/shm | awk 'NR==2 {print $4}'); "
-            + "if [ \"${free:-0}\" -gt $(( ${rss:-0} * 2 + 67108864 )) ]; then "
+            + "if [ \"${free:-0}\" -gt $(( ${rss:-0} * 2 + 67108864 )) ]; then \(Self.shmGuard(host: h))else shm=disk; fi; "
+            + "if [ -z \"$shm\" ]; then "
             + "rm -rf \(images) \(t) && mkdir -p \(t) \"$(dirname \(images))\" && ln -s \(t) \(images) && echo 'images tmpfs' || exit 65; "
             + "else rm -rf \(images) && mkdir -p \"$(dirname \(images))\" && echo 'images disk' || exit 65; fi; "
             + "s0=\(LiveStepRunner.now); \(checkpoint); rc=$?; s1=\(LiveStepRunner.now); "
@@ -637,9 +667,11 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
         }
         let lines = out.stdoutText.split(separator: "\n").map(String.init)
         let criu = lines.first { $0.hasPrefix("criu-s ") }.map { Self.marks(String($0.dropFirst(7))) } ?? []
-        return ["images": lines.contains("images tmpfs") ? "tmpfs" : "disk",
-                "seconds": String(format: "%.3f", criu.count == 2 ? criu[1] - criu[0] : 0),
-                "verified": lines.contains("verified") ? "yes" : "no"]
+        var result = ["images": lines.contains("images tmpfs") ? "tmpfs" : "disk",
+                      "seconds": String(format: "%.3f", criu.count == 2 ? criu[1] - criu[0] : 0),
+                      "verified": lines.contains("verified") ? "yes" : "no"]
+        if let refused = Self.tmpfsRefusal(out.stdoutText) { result["tmpfsRefused"] = refused }
+        return result
     }
 
     /// A runc restore in ONE command on its host: refuses when a copy already runs, removes a
@@ -819,13 +851,14 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
         let free = "free=$(df -PB1 /dev/shm | awk 'NR==2 {print $4}')"
         let listCommand: String
         if compressed {
-            listCommand = "set -o pipefail; \(free); isize=$(gzip -l \(archive) | awk 'NR==2 {print $2}'); "
+            listCommand = "set -o pipefail; \(free); { \(Self.shmGuard(host: h))} >/dev/null; [ -z \"$shm\" ] || free=0; isize=$(gzip -l \(archive) | awk 'NR==2 {print $2}'); "
                 + "if [ \"${isize:-0}\" -gt 0 ] && [ \"$free\" -gt $((isize * 3 + 67108864)) ]; then "
                 + "mkdir -p \(shmDir) && gzip -dc \(archive) | tee \(plain) | { tar -t -v --quoting-style=c -f - && cat > /dev/null; } || { rm -f \(plain); exit 1; }; "
                 + "echo; echo \"plain yes\"; else tar -t -v --quoting-style=c -z -f \(archive) || exit 1; echo; echo \"plain no\"; fi; "
-                + "echo \"shm-free $free\""
+                + "echo \"shm-free $free\"; [ -z \"$shm\" ] || echo \"tmpfs-refused $shm; using the disk\""
         } else {
-            listCommand = "\(free); tar -t -v --quoting-style=c -f \(archive) || exit 1; echo; echo \"plain no\"; echo \"shm-free $free\""
+            listCommand = "\(free); { \(Self.shmGuard(host: h))} >/dev/null; [ -z \"$shm\" ] || free=0; tar -t -v --quoting-style=c -f \(archive) || exit 1; echo; echo \"plain no\"; echo \"shm-free $free\"; "
+                + "[ -z \"$shm\" ] || echo \"tmpfs-refused $shm; using the disk\""
         }
         // 1. The listing, checked here before anything is written.
         let listing = try await must(h, listCommand, "tar -tv")
@@ -833,6 +866,11 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
         while lines.last == "" { lines.removeLast() }
         var shmFree: Double = 0
         var havePlain = false
+        var refused: String?
+        if let last = lines.last, last.hasPrefix("tmpfs-refused ") {
+            refused = String(last.dropFirst("tmpfs-refused ".count))
+            lines.removeLast()
+        }
         if let last = lines.last, last.hasPrefix("shm-free ") {
             shmFree = Double(last.dropFirst("shm-free ".count)) ?? 0
             lines.removeLast()
@@ -872,8 +910,10 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
             _ = try? await sh(h, "rm -rf \(fresh)" + (havePlain ? " \(plain)" : ""), timeout: .seconds(120))
             throw error
         }
-        return ["entries": String(checked.entries), "bytes": String(checked.bytes), "images": useTmpfs ? "tmpfs" : "disk",
-                "inflatedOnce": String(havePlain)]
+        var result = ["entries": String(checked.entries), "bytes": String(checked.bytes), "images": useTmpfs ? "tmpfs" : "disk",
+                      "inflatedOnce": String(havePlain)]
+        if let refused { result["tmpfsRefused"] = refused }
+        return result
     }
 
     func verifyRunning(_ step: Step, _ a: VerifyRunningAction) async throws -> [String: String] {

@@ -49,6 +49,12 @@ final class PageServerRegistry: @unchecked Sendable {
     }
 
     func get(_ key: String) -> PreparedPageServer? { lock.withLock { prepared[key] } }
+
+    /// Manifest digests of received pages whose finish step failed (its outputs are not
+    /// recorded): the rollback's return still checks the pages against them.
+    private var digests: [String: String] = [:]
+    func setDigest(_ key: String, _ digest: String) { lock.withLock { digests[key] = digest } }
+    func digest(_ key: String) -> String? { lock.withLock { digests[key] } }
 }
 
 /// `transfer.method: page-server` (docs/page-server.md): the steps' acts.
@@ -69,6 +75,19 @@ extension LiveStepRunner {
     func pageServerTmpfsDir(_ a: PageServerAction) -> String {
         let m = (a.receiveDir as NSString).deletingLastPathComponent.split(separator: "/").last.map(String.init) ?? "m"
         return "/dev/shm/migplan/\(a.to)/restore/\(m).\(a.instance.name)"
+    }
+
+    /// A shell command stopping the page server of `receiveDir`, by its pid file, only when that
+    /// pid is still `criu page-server --images-dir RECEIVE_DIR` (`/proc/PID/cmdline`): a stale pid
+    /// may by now be any process, even the restored container.
+    static func stopPageServerCommand(_ receiveDir: String) -> String {
+        let side = MigrationPageServerFiles(receiveDir)
+        // Any argument whose base name is `criu` (the lab runs it through the dynamic loader),
+        // then `page-server --images-dir RECEIVE_DIR`.
+        return "p=$(cat \(side.pid.shellQuoted) 2>/dev/null || true); case \"$p\" in ''|*[!0-9]*) ;; *) "
+            + "if tr '\\0' '\\n' < /proc/$p/cmdline 2>/dev/null | D=\(receiveDir.shellQuoted) awk '{a[NR]=$0} END {f=1; for (i=1; i+3<=NR; i++) "
+            + "{n=a[i]; sub(/.*\\//, \"\", n); if (n==\"criu\" && a[i+1]==\"page-server\" && a[i+2]==\"--images-dir\" && a[i+3]==ENVIRON[\"D\"]) f=0}; exit f}'; "
+            + "then kill \"$p\" 2>/dev/null || true; fi;; esac"
     }
 
     /// A shell prefix choosing the digest tool: OpenSSL's SHA-256 (several times faster here than
@@ -122,7 +141,8 @@ extension LiveStepRunner {
         let srcScript = "set -e; rss=$(ps -o rss= --pid \(pid) --ppid \(pid) | awk '{s+=$1} END {print s*1024}'); "
             + "echo \"rss $rss\"; " + Self.removeCommand(a.imagesDir) + "; mkdir -p \(work) \"$(dirname \(images))\"; "
             + "free=$(df -PB1 /dev/shm | awk 'NR==2 {print $4}'); "
-            + "if [ \"$free\" -gt $((rss * 2 + 67108864)) ]; then rm -rf \(srcTmpfs); mkdir -p \(srcTmpfs); chmod 700 \(srcTmpfs); "
+            + "if [ \"$free\" -gt $((rss * 2 + 67108864)) ]; then \(Self.shmGuard(host: a.from))else shm=disk; fi; "
+            + "if [ -z \"$shm\" ]; then rm -rf \(srcTmpfs); mkdir -p \(srcTmpfs); chmod 700 \(srcTmpfs); "
             + "ln -s \(srcTmpfs) \(images); echo 'images tmpfs'; else mkdir -p \(images); echo 'images disk'; fi"
         let srcOut = try await must(a.from, srcScript, "prepare the checkpoint directory")
         let rss = srcOut.stdoutText.split(separator: "\n").first { $0.hasPrefix("rss ") }.flatMap { Double($0.dropFirst(4)) } ?? 0
@@ -135,11 +155,12 @@ extension LiveStepRunner {
         let pageServer = criu.pageServer(imagesDir: a.receiveDir, address: "127.0.0.1", port: 11111,
                                          pidFile: side.pid, logFile: side.log)
             .replacingOccurrences(of: " --port 11111 ", with: " --port $p ")
-        let dstScript = "set -e; if [ -f \(side.pid.shellQuoted) ]; then kill \"$(cat \(side.pid.shellQuoted))\" 2>/dev/null || true; fi; "
+        let dstScript = "set -e; \(Self.stopPageServerCommand(a.receiveDir)); "
             + "rm -f \(side.pid.shellQuoted) \(side.log.shellQuoted) \(side.manifest.shellQuoted); "
             + Self.removeCommand(a.receiveDir) + "; mkdir -p \"$(dirname \(b))\"; "
             + "free=$(df -PB1 /dev/shm | awk 'NR==2 {print $4}'); "
-            + "if [ \"$free\" -gt \(Int64(rss * 2) + (64 << 20)) ]; then rm -rf \(dstTmpfs); mkdir -p \(dstTmpfs); chmod 700 \(dstTmpfs); "
+            + "if [ \"$free\" -gt \(Int64(rss * 2) + (64 << 20)) ]; then \(Self.shmGuard(host: a.to))else shm=disk; fi; "
+            + "if [ -z \"$shm\" ]; then rm -rf \(dstTmpfs); mkdir -p \(dstTmpfs); chmod 700 \(dstTmpfs); "
             + "ln -s \(dstTmpfs) \(b); echo 'receive tmpfs'; else mkdir -p \(b); chmod 700 \(b); echo 'receive disk'; fi; "
             + "for i in 1 2 3 4 5 6 7 8; do p=$((20000 + RANDOM % 20000)); "
             + "if \(pageServer) 2>/dev/null; then echo \"port $p\"; exit 0; fi; done; "
@@ -153,8 +174,19 @@ extension LiveStepRunner {
         do {
             listener = try await sessions.connection(a.from).listenRemote(address: "127.0.0.1", port: 0)
         } catch {
-            _ = try? await sh(a.to, "kill \"$(cat \(side.pid.shellQuoted))\" 2>/dev/null || true")
+            _ = try? await sh(a.to, Self.stopPageServerCommand(a.receiveDir))
             throw ActionError.wrap(error, host: a.from)
+        }
+        // The forwarded port must be bound to the source's loopback only: with `GatewayPorts yes`
+        // sshd binds every interface whatever address was asked (docs/page-server.md).
+        let bound = try? await sh(a.from, "command -v ss >/dev/null 2>&1 || exit 0; ss -ltnH \"sport = :\(listener.port)\" | awk '{print $4}'")
+        let exposed = (bound?.stdoutText ?? "").split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty && !$0.hasPrefix("127.") && !$0.hasPrefix("[::1]:") }
+        if !exposed.isEmpty {
+            await listener.cancel()
+            _ = try? await sh(a.to, Self.stopPageServerCommand(a.receiveDir))
+            throw ActionError(.preflight, host: a.from, step: step.id,
+                              "sshd on \(a.from) bound the page-server tunnel to \(exposed.joined(separator: ", ")), not only to its loopback (GatewayPorts enabled?): refusing; set GatewayPorts no or use transfer.method: archive")
         }
         // The three commands of the freeze, started now and waiting on their stdin.
         let parked: (SSHParkedCommand, SSHParkedCommand, SSHParkedCommand)
@@ -173,14 +205,17 @@ extension LiveStepRunner {
             parked = (dump, receive, restore)
         } catch {
             await listener.cancel()
-            _ = try? await sh(a.to, "kill \"$(cat \(side.pid.shellQuoted))\" 2>/dev/null || true")
+            _ = try? await sh(a.to, Self.stopPageServerCommand(a.receiveDir))
             throw ActionError.wrap(error, host: nil)
         }
         _ = PageServerRegistry.shared.set(key, PreparedPageServer(listener: listener, port: port, dump: parked.0,
                                                                   receive: parked.1, restore: parked.2))
-        return ["pageServerPort": String(port), "listenPort": String(listener.port),
-                "images": srcOut.stdoutText.contains("images tmpfs") ? "tmpfs" : "disk",
-                "receive": lines.contains("receive tmpfs") ? "tmpfs" : "disk"]
+        var out = ["pageServerPort": String(port), "listenPort": String(listener.port),
+                   "images": srcOut.stdoutText.contains("images tmpfs") ? "tmpfs" : "disk",
+                   "receive": lines.contains("receive tmpfs") ? "tmpfs" : "disk"]
+        if let refused = Self.tmpfsRefusal(srcOut.stdoutText) { out["tmpfsRefused"] = "\(a.from): \(refused)" }
+        if let refused = Self.tmpfsRefusal(dstOut.stdoutText) { out["receiveTmpfsRefused"] = "\(a.to): \(refused)" }
+        return out
     }
 
     // MARK: dump (the freeze starts here)
@@ -309,12 +344,14 @@ extension LiveStepRunner {
                 out = try await dumped.receive.finish(input: Array("go\n".utf8) + dumped.rest, timeout: commandTimeout)
             } catch {
                 record(a.to, "(started before the freeze) \(receive)", startedAt, exit: nil, stdout: "", stderr: "", error: String(describing: error))
+                recordFailedFinishDigest(String(describing: error), instance: a.instance.name)
                 throw ActionError.wrap(error, host: a.to)
             }
             record(a.to, "(started before the freeze) \(receive)", startedAt, exit: out.exitStatus,
                    stdout: "\(dumped.rest.count) bytes in, \(dumped.restEntries) tar entries, sha256 \(dumped.restSHA256)",
                    stderr: String(out.stderrText.suffix(2048)), error: nil)
             guard out.exitStatus == 0 else {
+                recordFailedFinishDigest(out.stderrText, instance: a.instance.name)
                 throw ActionError(.commandFailed, host: a.to, "receiving the rest of the images failed (exit \(out.exitStatus)): \(out.stderrTail(maxBytes: 1500))")
             }
             (bytes, sha, entries, stderr) = (dumped.rest.count, dumped.restSHA256, dumped.restEntries, out.stderrText)
@@ -337,6 +374,7 @@ extension LiveStepRunner {
             } catch {
                 record("controller", "relay \(a.from): \(send) -> \(a.to): \(receive)", startedAt, exit: nil, stdout: "", stderr: "",
                        error: String(describing: error))
+                recordFailedFinishDigest(String(describing: error), instance: a.instance.name)
                 throw error
             }
             record("controller", "relay \(a.from): \(send) -> \(a.to): \(receive)", startedAt, exit: 0,
@@ -367,19 +405,35 @@ extension LiveStepRunner {
     /// The destination's end of the rest of the images (after a `go` line on stdin): the page
     /// server has exited cleanly; the tar on stdin unpacked into the receive directory; the
     /// manifest (SHA-256 of every file, then their stamps) written, its own SHA-256 on stderr.
+    /// When the page server failed, still ran 10 s after the dump (it is then stopped) or the
+    /// rest did not unpack, whatever pages arrived are hashed all the same before the non-zero
+    /// exit: a rollback brings back only pages that match a recorded digest.
     func receiveCommand(_ a: PageServerAction) -> String {
         let side = MigrationPageServerFiles(a.receiveDir)
         let b = a.receiveDir.shellQuoted
-        return "set -e; t0=\(Self.now); p=$(cat \(side.pid.shellQuoted)); i=0; "
+        let hash = Self.digestTool + "( cd \(b) && { \(Self.manifestCommand); echo '-- stamps'; \(Self.stampCommand); } ) > \(side.manifest.shellQuoted); "
+            + "echo \"manifest $(sha256sum \(side.manifest.shellQuoted) | cut -c1-64)\" >&2"
+        let hashOnFailure = "if ls \(b)/pages-*.img >/dev/null 2>&1; then \(hash); fi; exit 1"
+        return "set -e; t0=\(Self.now); p=$(cat \(side.pid.shellQuoted)); i=0; fail=''; "
             // Gone, or a zombie: a daemon's exit is final even before its new parent reaps it
             // (the lab's PID 1 reaps orphans late: ~1.5 s here).
             + "while [ -d /proc/$p ] && ! grep -q '^State:[[:space:]]*Z' /proc/$p/status 2>/dev/null; do i=$((i+1)); "
-            + "if [ $i -gt 1000 ]; then echo 'the page server still runs 10 s after the dump' >&2; exit 1; fi; sleep 0.01; done; "
-            + "if grep -q 'Error' \(side.log.shellQuoted); then echo 'the page server failed:' >&2; tail -c 2000 \(side.log.shellQuoted) >&2; exit 1; fi; "
-            + "t1=\(Self.now); ls \(b)/pages-*.img >/dev/null; tar -x --no-same-owner --no-overwrite-dir -f - -C \(b); t2=\(Self.now); "
-            + Self.digestTool + "cd \(b) && { \(Self.manifestCommand); echo '-- stamps'; \(Self.stampCommand); } > \(side.manifest.shellQuoted); t3=\(Self.now); "
-            + "echo \"times start $t0 pageServerGone $t1 untarred $t2 digested $t3\" >&2; "
-            + "echo \"manifest $(sha256sum \(side.manifest.shellQuoted) | cut -c1-64)\" >&2"
+            + "if [ $i -gt 1000 ]; then fail='the page server still ran 10 s after the dump (stopped)'; "
+            + "\(Self.stopPageServerCommand(a.receiveDir)); sleep 0.2; break; fi; sleep 0.01; done; "
+            + "if [ -z \"$fail\" ] && grep -q 'Error' \(side.log.shellQuoted); then fail='the page server failed:'; fi; "
+            + "if [ -n \"$fail\" ]; then echo \"$fail\" >&2; tail -c 2000 \(side.log.shellQuoted) >&2 2>/dev/null || true; \(hashOnFailure); fi; "
+            + "t1=\(Self.now); ls \(b)/pages-*.img >/dev/null; "
+            + "if ! tar -x --no-same-owner --no-overwrite-dir -f - -C \(b); then echo 'unpacking the rest of the images failed' >&2; \(hashOnFailure); fi; t2=\(Self.now); "
+            + hash + "; t3=\(Self.now); "
+            + "echo \"times start $t0 pageServerGone $t1 untarred $t2 digested $t3\" >&2"
+    }
+
+    /// The manifest digest a failed finish reported (`manifest HEX` on its stderr), recorded
+    /// for the rollback.
+    func recordFailedFinishDigest(_ text: String, instance: String) {
+        guard let range = text.range(of: "manifest [0-9a-f]{64}", options: [.regularExpression, .backwards]) else { return }
+        let digest = String(text[range].dropFirst("manifest ".count))
+        PageServerRegistry.shared.setDigest(PageServerRegistry.afterDump(self, instance), digest)
     }
 
     /// The restore's refusal (exit 65) unless the manifest is the one recorded (`digest`: a shell
@@ -489,9 +543,17 @@ extension LiveStepRunner {
     /// back (validated) into the source's checkpoint directory, which then holds a complete
     /// checkpoint for `restoreOnSource`. Nothing to do when the container still runs on the source
     /// (the dump failed and CRIU resumed it); the page server is stopped in any case.
+    ///
+    /// The pages come back only when a digest of them was recorded (finish's `manifestSHA256`,
+    /// or the one a failed finish reported): without one the return refuses and the container
+    /// stays down, its checkpoint on the destination. They are assembled with hard links to the
+    /// rest of the checkpoint in a fresh directory holding a completion marker
+    /// (`.pages-returned`), which then replaces the checkpoint directory by one rename (two
+    /// when the checkpoint directory is on disk rather than a symlink to tmpfs; an interrupted
+    /// pair is repaired by the next attempt). Only the marker makes a later attempt skip.
     func pageServerReturn(_ context: StepContext, _ a: PageServerAction) async throws -> [String: String] {
         let side = MigrationPageServerFiles(a.receiveDir)
-        let stop = "if [ -f \(side.pid.shellQuoted) ]; then kill \"$(cat \(side.pid.shellQuoted))\" 2>/dev/null || true; fi"
+        let stop = Self.stopPageServerCommand(a.receiveDir)
         let key = PageServerRegistry.key(self, a.instance.name)
         if let prepared = PageServerRegistry.shared.set(key, nil) {
             await prepared.listener.cancel()
@@ -503,8 +565,8 @@ extension LiveStepRunner {
             return ["returned": "nothing: \(a.instance.name) still runs on \(a.from)"]
         }
         let images = a.imagesDir.shellQuoted
-        let probe = try await sh(a.from, "test -f \(images)/inventory.img && ls \(images)/pages-*.img >/dev/null 2>&1")
-        if probe.succeeded { return ["returned": "nothing: \(a.imagesDir) already holds the pages"] }
+        let probe = try await sh(a.from, "test -f \(images)/inventory.img && test -f \(images)/\(Self.returnedMarker)")
+        if probe.succeeded { return ["returned": "nothing: \(a.imagesDir) already holds the pages (\(Self.returnedMarker) present)"] }
         let b = a.receiveDir.shellQuoted
         // When the destination recorded the received files' digests (finish), the pages that come
         // back must be those: the manifest is checked against the SHA-256 the controller holds,
@@ -514,7 +576,15 @@ extension LiveStepRunner {
             if case .pageServerFinish(let f) = s.action, f.instance.name == a.instance.name, s.migration == context.step.migration { return true }
             return false
         }?.id
-        if let finishID, let digest = context.outputs[finishID]?["manifestSHA256"] {
+        let recorded = finishID.flatMap { context.outputs[$0]?["manifestSHA256"] }
+            ?? PageServerRegistry.shared.digest(PageServerRegistry.afterDump(self, a.instance.name))
+        guard let digest = recorded, digest.count == 64 else {
+            _ = try? await sh(a.to, stop)
+            throw ActionError(.digestMismatch, host: a.to,
+                              "no digest of \(a.instance.name)'s received pages was recorded: not restoring unverified memory on \(a.from). "
+                                + "\(a.instance.name) stays down; its checkpoint is on \(a.to) in \(a.receiveDir) (pages) and on \(a.from) in \(a.imagesDir) (the rest)")
+        }
+        do {
             let manifest = try await must(a.to, "cat \(side.manifest.shellQuoted)", "read the manifest of the received images")
             guard SHA256Hasher.hash(manifest.stdout).hex == digest else {
                 throw ActionError(.digestMismatch, host: a.to,
@@ -529,12 +599,26 @@ extension LiveStepRunner {
                 if name.hasPrefix("pages-") || name.hasPrefix("pagemap-") { expected.append("\(parts[0])  \(name)") }
             }
         }
-        let check = expected.isEmpty ? "" : "( cd \"$r\" && printf '%s\\n' \(expected.map(\.shellQuoted).joined(separator: " ")) | sha256sum -c --quiet --strict ) "
+        guard !expected.isEmpty else {
+            _ = try? await sh(a.to, stop)
+            throw ActionError(.digestMismatch, host: a.to,
+                              "the recorded manifest of \(a.instance.name)'s received images lists no pages: not restoring on \(a.from); "
+                                + "its checkpoint is on \(a.to) in \(a.receiveDir) and on \(a.from) in \(a.imagesDir)")
+        }
+        let check = "( cd \"$r\" && printf '%s\\n' \(expected.map(\.shellQuoted).joined(separator: " ")) | sha256sum -c --quiet --strict ) "
             + "|| { rm -rf \"$r\"; echo 'the returned pages differ from the digests recorded when they were received: not using them' >&2; exit 65; }; "
         let send = "\(stop); cd \(b) && tar -c -f - pagemap-*.img pages-*.img"
-        let receive = "set -e; d=$(readlink -f \(images)); [ -f \"$d/inventory.img\" ]; r=\"$d.return\"; rm -rf \"$r\"; mkdir -p \"$r\"; "
+        let marker = Self.returnedMarker
+        let receive = "set -e; d=$(readlink -f \(images)); "
+            // An earlier attempt interrupted between its two renames (checkpoint directory on disk).
+            + "if [ ! -e \"$d\" ] && [ -d \"$d.old\" ]; then mv -T \"$d.old\" \"$d\"; fi; "
+            + "[ -f \"$d/inventory.img\" ]; r=\"$d.return\"; rm -rf \"$r\"; mkdir -m 700 \"$r\"; "
             + "tar -x --no-same-owner -f - -C \"$r\"; " + check
-            + "mv \"$r\"/* \"$d\"/; rmdir \"$r\"; echo \"returned $(ls \"$d\" | grep -c '^pages-')\" >&2"
+            + "for f in \"$d\"/*; do n=${f##*/}; case \"$n\" in pages-*.img|pagemap-*.img) ;; *) ln \"$f\" \"$r/$n\" 2>/dev/null || cp -a \"$f\" \"$r/$n\";; esac; done; "
+            + "[ -f \"$r/inventory.img\" ]; : > \"$r/\(marker)\"; "
+            + "if [ -L \(images) ]; then ln -sfn \"$r\" \(images).new && mv -T \(images).new \(images); rm -rf \"$d\"; "
+            + "else mv -T \"$d\" \"$d.old\" && mv -T \"$r\" \"$d\"; rm -rf \"$d.old\"; fi; "
+            + "echo \"returned $(ls \(images)/ | grep -c '^pages-')\" >&2"
         let source: SSHConnection
         let destination: SSHConnection
         do {
@@ -555,8 +639,12 @@ extension LiveStepRunner {
         record("controller", "relay \(a.to): \(send) -> \(a.from): \(receive)", startedAt, exit: 0,
                stdout: "\(result.0.bytes) bytes, \(result.0.entries) tar entries, sha256 \(result.0.sha256)", stderr: result.1, error: nil)
         return ["bytes": String(result.0.bytes), "sha256": result.0.sha256, "entries": String(result.0.entries),
-                "checkedAgainstManifest": String(!expected.isEmpty)]
+                "checkedAgainstManifest": "true"]
     }
+
+    /// The completion marker of a return: written in the new checkpoint directory before the
+    /// rename that puts it in place.
+    static let returnedMarker = ".pages-returned"
 }
 
 /// The side files of a page-server receive directory (see `MigrationCompiler.pageServerSideFiles`).

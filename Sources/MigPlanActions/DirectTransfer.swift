@@ -22,19 +22,25 @@ public enum DirectTransfer {
     /// What `target` files hold: the destination and its archive path.
     public static func target(_ a: TransferKeyAction) -> String { "\(a.to):\(a.destinationPath)" }
 
-    /// The command the destination forces for this archive's key: receive stdin into `D.part`,
-    /// print its SHA-256, then remove this archive's key lines from the keys file (the key works
-    /// once). It receives nothing once `D` exists (the controller clears the previous attempt's
-    /// files before sending), so the key cannot touch the received archive. The text (which names
-    /// `D.part`) identifies this archive's key lines. No `"` in it (it sits in `command="…"`).
-    public static func receiveCommand(destinationPath d: String, keysFile: String?) -> String {
+    /// The command the destination forces for this archive's key. Before it reads a byte of stdin,
+    /// under the keys file's lock (never without it: exit 75), it removes this archive's key lines
+    /// and exits 77 when its own line (`migplan-MOVEID`) was already gone: the key works once, even
+    /// when two sessions log in with it at the same time. Still under the lock it removes a stale
+    /// `D.part` and creates `D.part` exclusively (noclobber); then it receives stdin into it and
+    /// prints its SHA-256. It receives nothing once `D` exists (the controller clears the previous
+    /// attempt's files before sending). No `"` in it (it sits in `command="…"`).
+    public static func receiveCommand(destinationPath d: String, keysFile: String?, moveID: String) -> String {
         let q = d.shellQuoted
         let dir = (d as NSString).deletingLastPathComponent.shellQuoted
         let f = keysFile?.shellQuoted ?? "$HOME/.ssh/authorized_keys"
-        let mark = keyLineMark(destinationPath: d).shellQuoted
-        return "umask 077; mkdir -p \(dir) && [ ! -e \(q) ] && cat > \(q).part && sha256sum \(q).part | cut -c1-64; r=$?; "
-            + "f=\(f); exec 9>>${f%/*}/.migplan-keys.lock; flock -w 30 9; t=$(mktemp $f.XXXXXX) && "
-            + "{ grep -v -F -e \(mark) $f > $t; chmod 600 $t; mv -f $t $f; }; exit $r"
+        return "umask 077; f=\(f); q=$(printf '\\042'); exec 9>>${f%/*}/.migplan-keys.lock && flock -w 30 9 || exit 75; "
+            + "t=$(mktemp $f.XXXXXX) || exit 75; "
+            + "awk -v p=restrict,command=$q -v m=\(keyLineMark(destinationPath: d).shellQuoted) -v k=migplan-\(moveID) "
+            + "'index($0,p)==1&&index($0,m){if(index($0,k))s=1;next}{print}END{exit !s}' $f > $t; u=$?; "
+            + "[ $u -eq 0 ] || { rm -f $t; [ $u -eq 1 ] && echo 'this one-time key was already used' >&2 && exit 77; exit 75; }; "
+            + "chmod 600 $t && mv -f $t $f || { rm -f $t; exit 75; }; "
+            + "mkdir -p \(dir) && [ ! -e \(q) ] && rm -f \(q).part && set -C && exec 3> \(q).part || exit 73; set +C; exec 9>&-; "
+            + "cat >&3 && exec 3>&- && sha256sum \(q).part | cut -c1-64"
     }
 
     /// On the destination, by the controller before the source sends: no file of an earlier attempt.
@@ -43,13 +49,27 @@ public enum DirectTransfer {
         return "rm -f \(q) \(q).part \(q).sha256 \(q).source \(q).manifest \(q).manifest.hmac"
     }
 
-    /// The substring every key line of this archive holds (and no other line does).
-    public static func keyLineMark(destinationPath d: String) -> String { "cat > \(d.shellQuoted).part" }
+    /// The substring every key line of this archive holds (in its forced command).
+    public static func keyLineMark(destinationPath d: String) -> String { "exec 3> \(d.shellQuoted).part" }
 
-    /// The authorized_keys line: the key usable only from `sourceAddress`, only to receive this archive.
-    public static func authorizedKeysLine(publicKey: String, destinationPath: String, keysFile: String?, sourceAddress: String) -> String {
-        "restrict,command=\"\(receiveCommand(destinationPath: destinationPath, keysFile: keysFile))\",from=\"\(sourceAddress)\","
-            + "no-pty,no-port-forwarding,no-agent-forwarding,no-X11-forwarding \(publicKey)"
+    /// An awk program (in single quotes, no `"`) that prints every line of a keys file except this
+    /// archive's key lines: those that BEGIN with `restrict,command="` (`p`) and contain the mark
+    /// (`m`). Any other line — the controller's or an admin's key, even one naming the archive —
+    /// is kept byte for byte.
+    static func otherLinesFilter(_ a: TransferKeyAction) -> String {
+        "awk -v p='restrict,command=\"' -v m=\(keyLineMark(destinationPath: a.destinationPath).shellQuoted) 'index($0,p)==1&&index($0,m){next}{print}'"
+    }
+
+    /// What `installCommand` replaces with the destination's `date -d '+2 hours' +%Y%m%d%H%M`.
+    public static let expiryPlaceholder = "@MIGPLAN-EXPIRY@"
+
+    /// The authorized_keys line: the key usable only from `sourceAddress`, only to receive this
+    /// archive, and only until `expiryTime` (YYYYMMDDHHMM, the destination's local time; by
+    /// default the placeholder `installCommand` fills in on the destination).
+    public static func authorizedKeysLine(publicKey: String, destinationPath: String, keysFile: String?, sourceAddress: String,
+                                          moveID: String, expiryTime: String = expiryPlaceholder) -> String {
+        "restrict,command=\"\(receiveCommand(destinationPath: destinationPath, keysFile: keysFile, moveID: moveID))\",from=\"\(sourceAddress)\","
+            + "expiry-time=\"\(expiryTime)\",no-pty,no-port-forwarding,no-agent-forwarding,no-X11-forwarding \(publicKey)"
     }
 
     /// On the source: a fresh key pair for `moveID` and the pin; prints the public key.
@@ -63,25 +83,35 @@ public enum DirectTransfer {
     }
 
     /// On the destination: appends `line` to the keys file atomically (temp file + rename under
-    /// a lock; other lines untouched; mode 0600; its directory created 0700 when missing).
+    /// a lock, never without it; other lines untouched byte for byte, a missing final newline
+    /// added first so the new line never joins the last one; mode 0600; its directory created
+    /// 0700 when missing). `expiryPlaceholder` in `line` becomes the destination's local time in
+    /// two hours (`expiry-time`, as sshd reads it).
     public static func installCommand(keysFile: String?, line: String) -> String {
-        "set -e; umask 077; f=\(keysFileWord(keysFile)); d=$(dirname \"$f\"); [ -d \"$d\" ] || mkdir -p -m 700 \"$d\"; "
-            + "exec 9>>\"$d/.migplan-keys.lock\"; flock -w 60 9; t=$(mktemp \"$f.XXXXXX\"); "
-            + "{ if [ -f \"$f\" ]; then cat \"$f\"; fi; printf '%s\\n' \(line.shellQuoted); } > \"$t\"; "
+        let parts = line.components(separatedBy: expiryPlaceholder)
+        let text = parts.count == 2
+            ? "printf '%s%s%s\\n' \(parts[0].shellQuoted) \"$e\" \(parts[1].shellQuoted)"
+            : "printf '%s\\n' \(line.shellQuoted)"
+        return "set -e; umask 077; f=\(keysFileWord(keysFile)); d=$(dirname \"$f\"); [ -d \"$d\" ] || mkdir -p -m 700 \"$d\"; "
+            + "e=$(date -d '+2 hours' +%Y%m%d%H%M); [ ${#e} -eq 12 ] || { echo \"date printed no expiry time: $e\" >&2; exit 1; }; "
+            + "exec 9>>\"$d/.migplan-keys.lock\"; flock -w 60 9 || { echo \"$d/.migplan-keys.lock is held by another process\" >&2; exit 75; }; "
+            + "t=$(mktemp \"$f.XXXXXX\"); "
+            + "{ if [ -s \"$f\" ]; then cat \"$f\"; [ -z \"$(tail -c 1 \"$f\")\" ] || echo; fi; \(text); } > \"$t\"; "
             + "chmod 600 \"$t\"; mv -f \"$t\" \"$f\""
     }
 
-    /// On the destination: removes every key line of this archive (same locking and atomicity).
+    /// On the destination: removes every key line of this archive (same locking and atomicity;
+    /// only lines that begin with `restrict,command="` and hold the archive's mark).
     public static func removeLinesCommand(_ a: TransferKeyAction) -> String {
-        let mark = keyLineMark(destinationPath: a.destinationPath).shellQuoted
-        return "set -e; f=\(keysFileWord(a.keysFile)); [ -f \"$f\" ] || exit 0; grep -q -F -e \(mark) \"$f\" || exit 0; "
-            + "d=$(dirname \"$f\"); exec 9>>\"$d/.migplan-keys.lock\"; flock -w 60 9; t=$(mktemp \"$f.XXXXXX\"); "
-            + "grep -v -F -e \(mark) \"$f\" > \"$t\" || true; chmod 600 \"$t\"; mv -f \"$t\" \"$f\""
+        "set -e; f=\(keysFileWord(a.keysFile)); [ -f \"$f\" ] || exit 0; \(otherLinesFilter(a)) \"$f\" | cmp -s - \"$f\" && exit 0; "
+            + "d=$(dirname \"$f\"); exec 9>>\"$d/.migplan-keys.lock\"; "
+            + "flock -w 60 9 || { echo \"$d/.migplan-keys.lock is held by another process\" >&2; exit 75; }; t=$(mktemp \"$f.XXXXXX\"); "
+            + "\(otherLinesFilter(a)) \"$f\" > \"$t\"; chmod 600 \"$t\"; mv -f \"$t\" \"$f\""
     }
 
     /// On the destination: exit 0 when no key line of this archive is left.
     public static func linesAbsentCommand(_ a: TransferKeyAction) -> String {
-        "f=\(keysFileWord(a.keysFile)); ! grep -q -F -e \(keyLineMark(destinationPath: a.destinationPath).shellQuoted) \"$f\" 2>/dev/null"
+        "f=\(keysFileWord(a.keysFile)); [ ! -f \"$f\" ] || \(otherLinesFilter(a)) \"$f\" | cmp -s - \"$f\""
     }
 
     /// On the source: removes every key directory (private key, pin) of this archive.
@@ -182,7 +212,7 @@ extension LiveStepRunner {
             throw ActionError(.commandFailed, host: a.from, "ssh-keygen printed no ed25519 public key for migplan-\(moveID)")
         }
         let line = DirectTransfer.authorizedKeysLine(publicKey: publicKey, destinationPath: a.destinationPath,
-                                                     keysFile: a.keysFile, sourceAddress: try sourceAddress(a))
+                                                     keysFile: a.keysFile, sourceAddress: try sourceAddress(a), moveID: moveID)
         try await must(a.to, DirectTransfer.installCommand(keysFile: a.keysFile, line: line), "install the one-time key")
         return ["moveID": moveID, "keyDir": "\(a.keysDir)/\(moveID)", "keysFile": a.keysFile ?? "~/.ssh/authorized_keys",
                 "from": try sourceAddress(a)]
@@ -317,10 +347,11 @@ extension LiveStepRunner {
         guard lines.count >= 2, let raw = Data(base64Encoded: lines[0]) else {
             throw ActionError(.archiveRefused, host: h, ManifestRefusal.malformed("unreadable manifest next to \(v.archivePath)").description)
         }
-        // A resumed run re-checks a gate its predecessor passed: that move may be in the ledger
-        // already (one of its containers restored before the interruption).
+        // Ledger lines are `MOVEID CONTAINER` (older ones: `MOVEID`). A resumed run re-checks a
+        // gate its predecessor passed: that move may be in the ledger already (one of its
+        // containers restored before the interruption); the restore act refuses per container.
         let ledger = context.previouslyCompleted ? Set<String>()
-            : Set(lines.dropFirst(2).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+            : Set(lines.dropFirst(2).compactMap { $0.split(separator: " ").first.map(String.init) })
         let check = ManifestCheck(keys: keys, acceptedRuns: runs, moveID: moveID, sha256: sha256, plan: plan.name,
                                   migration: context.step.migration,
                                   instances: archiveAction(of: transfer)?.instances.map(\.name) ?? [],
@@ -343,12 +374,28 @@ extension LiveStepRunner {
         return nil
     }
 
-    /// After a successful restore: the move id goes into the destination's ledger (append-only).
-    func appendLedger(_ step: Step, host h: String, outputs: [StepID: [String: String]]) async throws -> [String: String] {
-        guard let moveID = restoredMoveID(step, outputs), MoveManifest.isMoveID(moveID) else { return [:] }
+    /// Shell: exits 67 (refused as a replay) when the ledger records `moveID` as restored for
+    /// `container` already (`MOVEID CONTAINER` lines; an older bare `MOVEID` line counts for every
+    /// container). Run by the restore act itself, so a resumed run cannot restore a move twice.
+    static func ledgerRefusal(ledger: String, moveID: String, container: String) -> String {
+        let l = ledger.shellQuoted
+        return "if [ -f \(l) ] && awk -v id=\(moveID) -v c=\(container.shellQuoted) '$1==id&&(NF==1||$2==c){f=1}END{exit !f}' \(l); then "
+            + "echo \"move \(moveID) was already restored here for \(container) (ledger \(ledger)): refusing to restore it again (replay)\" >&2; exit 67; fi; "
+    }
+
+    /// Shell: appends `MOVEID CONTAINER` to the ledger (append-only); exits 68 when it cannot.
+    static func ledgerAppend(ledger: String, moveID: String, container: String) -> String {
+        let l = ledger.shellQuoted
+        return "{ (umask 077; mkdir -p \((ledger as NSString).deletingLastPathComponent.shellQuoted) && printf '%s %s\\n' \(moveID) \(container.shellQuoted) >> \(l)); } "
+            + "|| { echo \"cannot record move \(moveID) of \(container) as restored in \(ledger)\" >&2; exit 68; }; "
+    }
+
+    /// The ledger commands of a restore step (nil when it restores no archive move: rollback,
+    /// page-server move): the refusal to run first, the append to run right after the restore.
+    func ledgerCommands(_ step: Step, container: String, host h: String, outputs: [StepID: [String: String]]) throws -> (moveID: String, refuse: String, append: String)? {
+        guard case .restore = step.action, let moveID = restoredMoveID(step, outputs), MoveManifest.isMoveID(moveID) else { return nil }
         let ledger = try ledgerPath(host: h)
-        try await must(h, "umask 077; mkdir -p \((ledger as NSString).deletingLastPathComponent.shellQuoted) && "
-                       + "printf '%s\\n' \(moveID) >> \(ledger.shellQuoted)", "record move \(moveID) as restored")
-        return ["moveID": moveID]
+        return (moveID, Self.ledgerRefusal(ledger: ledger, moveID: moveID, container: container),
+                Self.ledgerAppend(ledger: ledger, moveID: moveID, container: container))
     }
 }

@@ -461,17 +461,27 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
             let m = try migration(of: step)
             let ops = try await ops(a.instance, on: h)
             let work = "\(ops.host.runtime.workDir)/work/\(m.name)/\(a.instance.name)/restore"
+            // Replay protection in the act itself (also on `apply --resume`, whose verifyDigest
+            // does not consult the ledger): refused when the ledger holds this move for this
+            // container; the ledger line is appended by the restore's own command (runc).
+            let ledger = try ledgerCommands(step, container: a.instance.name, host: h, outputs: context.outputs)
             let started = ContinuousClock.now
             var restored: [String: String]
             if ops.isDocker {
+                if let ledger {
+                    let refused = try await sh(h, ledger.refuse + "true")
+                    if refused.exitStatus == 67 {
+                        throw ActionError(.archiveRefused, host: h, refused.stderrTail(maxBytes: 500).trimmingCharacters(in: .whitespacesAndNewlines))
+                    }
+                }
                 try await ops.restore(from: a.imagesDir, work: work)
                 restored = ["seconds": String(format: "%.3f", seconds(ContinuousClock.now - started))]
+                if let ledger { try await must(h, ledger.append + "true", "record move \(ledger.moveID) as restored") }
             } else {
-                restored = try await runcRestore(ops: ops, imagesDir: a.imagesDir, work: work)
+                restored = try await runcRestore(ops: ops, imagesDir: a.imagesDir, work: work,
+                                                 check: ledger?.refuse ?? "", after: ledger?.append ?? "")
             }
-            if case .restore = step.action {
-                restored.merge(try await appendLedger(step, host: h, outputs: context.outputs)) { _, new in new }
-            }
+            if let ledger { restored["moveID"] = ledger.moveID }
             return restored
         case .verifyRunning(let a): return try await verifyRunning(step, a)
         case .cleanupSource(let a): return try await cleanup(step, a, force: false)
@@ -678,13 +688,15 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
     /// stopped leftover, makes the workload's state directory, `runc restore`, then reports the
     /// state the verify step checks (`status`). `check` runs first and may refuse (exit 65:
     /// digest mismatch) — the page-server move checks its received images there.
-    func runcRestore(ops: InstanceRuntime, imagesDir: String, work: String, check: String = "") async throws -> [String: String] {
-        let out = try await sh(ops.host.name, Self.runcRestoreScript(ops: ops, imagesDir: imagesDir, work: work, check: check))
+    func runcRestore(ops: InstanceRuntime, imagesDir: String, work: String, check: String = "", after: String = "") async throws -> [String: String] {
+        let out = try await sh(ops.host.name, Self.runcRestoreScript(ops: ops, imagesDir: imagesDir, work: work, check: check, after: after))
         return try Self.restoreOutcome(out, host: ops.host.name, name: ops.name)
     }
 
     /// The command of `runcRestore` (also started ahead of time by a page-server move).
-    static func runcRestoreScript(ops: InstanceRuntime, imagesDir: String, work: String, check: String) -> String {
+    /// `check` runs first (it may refuse: exit 65–67), `after` right after a successful restore
+    /// (before anything is printed: it runs even when the controller's session is gone).
+    static func runcRestoreScript(ops: InstanceRuntime, imagesDir: String, work: String, check: String, after: String = "") -> String {
         let h = ops.host.name
         let name = ops.name
         let stateDir = ops.stateDir.shellQuoted
@@ -697,7 +709,7 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
             + "'') ;; *) \(ops.runc.delete(name: name, force: true)) >/dev/null 2>&1 || true;; esac; "
             + "mkdir -p \(stateDir)/requests \(stateDir)/responses; "
             + "s0=\(now); ( \(restore) ); rc=$?; s1=\(now); "
-            + "if [ $rc -ne 0 ]; then { echo; echo '--- CRIU restore.log:'; tail -c 3000 \(RuncCommands.restoreLog(workPath: work).shellQuoted); } >&2 2>/dev/null; exit $rc; fi; "
+            + "if [ $rc -ne 0 ]; then { echo; echo '--- CRIU restore.log:'; tail -c 3000 \(RuncCommands.restoreLog(workPath: work).shellQuoted); } >&2 2>/dev/null; exit $rc; fi; \(after)"
             + "echo \"status $(\(state) 2>/dev/null | \(status))\"; echo \"marks $a0 $a1 $s0 $s1 \(now)\""
         return script
     }
@@ -712,12 +724,13 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
     }
 
     /// What `runcRestoreScript`'s output means: refused (65 digest, 66 a copy runs), failed, or
-    /// restored (its duration, the state the verify step checks).
+    /// restored (its duration, the state the verify step checks); 67: a replay the ledger refused.
     static func restoreOutcome(_ out: CommandOutput, host h: String, name: String) throws -> [String: String] {
         switch out.exitStatus {
         case 0: break
         case 65: throw ActionError(.digestMismatch, host: h, out.stderrTail(maxBytes: 500).trimmingCharacters(in: .whitespacesAndNewlines))
         case 66: throw ActionError(.containerState, host: h, out.stderrTail(maxBytes: 500).trimmingCharacters(in: .whitespacesAndNewlines))
+        case 67: throw ActionError(.archiveRefused, host: h, out.stderrTail(maxBytes: 500).trimmingCharacters(in: .whitespacesAndNewlines))
         default:
             throw ActionError(.runtime, host: h, "runc restore \(name) failed (exit \(out.exitStatus)): \(out.stderrTail(maxBytes: 3000))")
         }

@@ -343,7 +343,7 @@ struct PlanDecoder {
             if let value = f["user"]?.value, let user = string(value, "\(path).user", pattern: .user) { host.user = user }
             if let value = f["key"]?.value, let key = string(value, "\(path).key", pattern: .name) { host.key = key }
             if let value = f["transferKeysFile"]?.value {
-                host.transferKeysFile = string(value, "\(path).transferKeysFile", pattern: .hostDirectory)
+                host.transferKeysFile = string(value, "\(path).transferKeysFile", pattern: .authorizedKeysFile)
             }
             if let value = f["runtime"]?.value {
                 let runtimePath = "\(path).runtime"
@@ -565,7 +565,7 @@ struct PlanDecoder {
 
 /// String shapes the schema constrains with `pattern` / `minLength`.
 enum StringRule {
-    case any, nonEmpty, name, environmentName, address, user, hostDirectory, cgroupParent, dockerHost, image, algorithm
+    case any, nonEmpty, name, environmentName, address, user, hostDirectory, authorizedKeysFile, cgroupParent, dockerHost, image, algorithm
 
     func problem(_ value: String) -> String? {
         let scalars = value.unicodeScalars
@@ -591,6 +591,11 @@ enum StringRule {
                 : "\"\(value)\" is not a user name"
         case .hostDirectory:
             return hostPathProblem(value)
+        case .authorizedKeysFile:
+            // migplan rewrites this file (mode 0600): only an authorized_keys file, never e.g. /etc/shadow.
+            if let problem = hostPathProblem(value) { return problem }
+            return value.split(separator: "/").last.map({ $0.hasPrefix("authorized_keys") }) == true ? nil
+                : "\"\(value)\" is not an authorized_keys file: its name must start with authorized_keys (migplan rewrites this file)"
         case .cgroupParent:
             let components = value.split(separator: "/", omittingEmptySubsequences: false)
             return only { alnum($0) || "._/:@-".unicodeScalars.contains($0) } && !components.contains { $0 == "." || $0 == ".." } ? nil

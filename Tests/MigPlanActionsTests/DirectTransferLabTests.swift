@@ -161,7 +161,7 @@ struct DirectTransferLabTests {
         })
         #expect(transfer.detail?.contains(moveID) == true)
         let ledger = try await ApplyLab.exec("instance4", "cat /var/lib/migplan/ledger/restored-moves")
-        #expect(ledger.stdoutText.split(separator: "\n").contains(Substring(moveID)))
+        #expect(ledger.stdoutText.split(separator: "\n").contains(Substring("\(moveID) \(name)")), "\(ledger.stdoutText)")
         try await DirectLab.expectNoKeyLeft(name)
         #expect(try await ApplyLab.leftovers(of: name, on: "instance3") == "")
         #expect(try await ApplyLab.leftovers(of: name, on: "instance4") == "")
@@ -255,6 +255,31 @@ struct DirectTransferLabTests {
         try await DirectLab.expectNoKeyLeft(name)
         #expect(try await ApplyLab.leftovers(of: name, on: "instance3") == "")
         #expect(try await ApplyLab.leftovers(of: name, on: "instance4") == "")
+        await DirectLab.wipe(name)
+    }
+
+    /// Only this archive's key line is added and removed: a keys file whose last line (an admin's
+    /// key that even names the archive) lacks its newline keeps that line byte for byte.
+    @Test func keysFileWithoutTrailingNewlineKeepsItsOtherLinesThroughADirectMove() async throws {
+        let name = "dt-keep"
+        _ = try await DirectLab.start(name)
+        let schema = try await ApplyLab.freshSchema()
+        defer { Task { await ApplyLab.dropSchema(schema) } }
+        let f = DirectLab.keysFile
+        let backup = "/tmp/\(name)-keys-backup"
+        // Never a usable key: from= an address no host has.
+        let admin = "from=\"10.77.0.250\",restrict ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBWEquXdFnE1kFZTtVtYp8CY9Q0mCb6Yj0aDb3BmXn3e admin exec 3> /var/lib/migplan/incoming/\(name).tar.part"
+        let saved = try await ApplyLab.exec(DirectLab.destination,
+                                            "rm -f \(backup); if [ -f \(f) ]; then cp -p \(f) \(backup); fi; printf '%s' \(admin.shellQuoted) > \(f) && chmod 600 \(f)")
+        #expect(saved.succeeded, "\(saved.stderrText)")
+        let result = try await ApplySession.apply(planFile: try DirectLab.plan(name), options: try DirectLab.options(schema: schema))
+        let after = try await ApplyLab.exec(DirectLab.destination, "cat \(f)")
+        _ = try await ApplyLab.exec(DirectLab.destination, "if [ -f \(backup) ]; then mv -f \(backup) \(f); else rm -f \(f); fi")
+        #expect(result.outcome == .succeeded, "\(result.summary) \(result.problems)")
+        #expect(try await ApplyLab.isRunning(name, on: DirectLab.destination))
+        // The only difference: the newline added before the (removed) one-time key's line.
+        #expect(after.stdoutText == admin + "\n", "\(after.stdoutText)")
+        try await DirectLab.expectNoKeyLeft(name)
         await DirectLab.wipe(name)
     }
 

@@ -172,18 +172,20 @@ import Testing
                                        destinationPath: "/var/lib/migplan/incoming/m.tar", keysDir: "/var/lib/migplan/keys",
                                        keysFile: "/var/lib/migplan/ssh/authorized_keys")
 
-    @Test func authorizedKeysLineForcesTheReceiveCommandAndTheSourceAddress() {
-        let line = DirectTransfer.authorizedKeysLine(publicKey: "ssh-ed25519 AAAAC3Nza migplan-0123", destinationPath: Self.key.destinationPath,
-                                                     keysFile: Self.key.keysFile, sourceAddress: "10.77.0.13")
-        #expect(line.hasPrefix("restrict,command=\"umask 077; mkdir -p /var/lib/migplan/incoming && "))
-        #expect(line.contains("[ ! -e /var/lib/migplan/incoming/m.tar ] && cat > /var/lib/migplan/incoming/m.tar.part && sha256sum /var/lib/migplan/incoming/m.tar.part | cut -c1-64; r=$?; "))
-        // The key spends itself: its own line leaves the keys file after the one receive.
-        #expect(line.contains("f=/var/lib/migplan/ssh/authorized_keys; exec 9>>${f%/*}/.migplan-keys.lock; flock -w 30 9; "))
-        #expect(line.contains("grep -v -F -e 'cat > /var/lib/migplan/incoming/m.tar.part' $f > $t"))
-        #expect(line.contains("exit $r\","))
-        #expect(line.contains(",from=\"10.77.0.13\",no-pty,no-port-forwarding,no-agent-forwarding,no-X11-forwarding ssh-ed25519 AAAAC3Nza migplan-0123"))
+    static let moveID = "0123456789abcdef0123456789abcdef"
+
+    @Test func authorizedKeysLineForcesTheReceiveCommandTheSourceAddressAndAnExpiry() {
+        let line = DirectTransfer.authorizedKeysLine(publicKey: "ssh-ed25519 AAAAC3Nza migplan-\(Self.moveID)", destinationPath: Self.key.destinationPath,
+                                                     keysFile: Self.key.keysFile, sourceAddress: "10.77.0.13", moveID: Self.moveID)
+        #expect(line.hasPrefix("restrict,command=\"umask 077; f=/var/lib/migplan/ssh/authorized_keys; q=$(printf '\\042'); "
+                               + "exec 9>>${f%/*}/.migplan-keys.lock && flock -w 30 9 || exit 75; "))
+        // The key spends itself (its own line, by its comment) before reading stdin, then receives.
+        #expect(line.contains("-v k=migplan-\(Self.moveID) "))
+        #expect(line.contains("[ ! -e /var/lib/migplan/incoming/m.tar ] && rm -f /var/lib/migplan/incoming/m.tar.part && set -C && exec 3> /var/lib/migplan/incoming/m.tar.part || exit 73; "))
+        #expect(line.contains("cat >&3 && exec 3>&- && sha256sum /var/lib/migplan/incoming/m.tar.part | cut -c1-64\","))
+        #expect(line.contains(",from=\"10.77.0.13\",expiry-time=\"\(DirectTransfer.expiryPlaceholder)\",no-pty,no-port-forwarding,no-agent-forwarding,no-X11-forwarding ssh-ed25519 AAAAC3Nza migplan-\(Self.moveID)"))
         // Nothing in the forced command can end the option early.
-        let command = DirectTransfer.receiveCommand(destinationPath: Self.key.destinationPath, keysFile: nil)
+        let command = DirectTransfer.receiveCommand(destinationPath: Self.key.destinationPath, keysFile: nil, moveID: Self.moveID)
         #expect(command.contains("f=$HOME/.ssh/authorized_keys;"))
         #expect(!command.contains("\""))
         #expect(line.contains(DirectTransfer.keyLineMark(destinationPath: Self.key.destinationPath)))
@@ -224,6 +226,77 @@ import Testing
         #expect(DirectTransfer.keysFileWord(nil) == "\"$HOME/.ssh/authorized_keys\"")
         #expect(DirectTransfer.keysFileWord("/var/lib/migplan/ssh/authorized_keys") == "/var/lib/migplan/ssh/authorized_keys")
         #expect(DirectTransfer.installCommand(keysFile: nil, line: "x").contains("mv -f \"$t\" \"$f\""))
-        #expect(DirectTransfer.removeLinesCommand(Self.key).contains("grep -v -F -e"))
+    }
+
+    // The commands below run in a local shell on a temporary keys file (as on the destination).
+
+    /// Runs `script` with bash; returns (exit status, stdout, stderr).
+    static func bash(_ script: String, stdin: String = "") throws -> (Int32, String, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = ["-c", script]
+        let input = Pipe(), output = Pipe(), error = Pipe()
+        p.standardInput = input; p.standardOutput = output; p.standardError = error
+        try p.run()
+        input.fileHandleForWriting.write(Data(stdin.utf8))
+        try input.fileHandleForWriting.close()
+        let out = output.fileHandleForReading.readDataToEndOfFile(), err = error.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+    }
+
+    /// A scratch directory holding `ssh/authorized_keys` (with `keys`) and `incoming/`.
+    static func scratch(keys: String) throws -> (dir: String, key: TransferKeyAction) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dt-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir + "/ssh", withIntermediateDirectories: true)
+        try keys.write(toFile: dir + "/ssh/authorized_keys", atomically: true, encoding: .utf8)
+        return (dir, TransferKeyAction(from: "instance3", to: "instance4", sourcePath: "/x/m.tar", destinationPath: dir + "/incoming/m.tar",
+                                       keysDir: dir + "/keys", keysFile: dir + "/ssh/authorized_keys"))
+    }
+
+    static func line(_ k: TransferKeyAction, id: String = moveID) -> String {
+        DirectTransfer.authorizedKeysLine(publicKey: "ssh-ed25519 AAAAC3Nza migplan-\(id)", destinationPath: k.destinationPath,
+                                          keysFile: k.keysFile, sourceAddress: "10.77.0.13", moveID: id)
+    }
+
+    @Test func installAndRevokeKeepAKeysFileWithoutTrailingNewlineByteForByte() throws {
+        // The admin's line names the archive too: only lines that begin with restrict,command=" go.
+        let original = "ssh-ed25519 AAAAadmin admin@host\nssh-ed25519 AAAAcontroller exec 3> /tmp/x cat > m.tar.part"
+        let (dir, k) = try Self.scratch(keys: original)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let install = try Self.bash(DirectTransfer.installCommand(keysFile: k.keysFile, line: Self.line(k)))
+        #expect(install.0 == 0, "\(install.2)")
+        let installed = try String(contentsOfFile: k.keysFile!, encoding: .utf8)
+        let lines = installed.split(separator: "\n", omittingEmptySubsequences: false)
+        #expect(lines.count == 4 && lines[0] + "\n" + lines[1] == original && lines[3].isEmpty, "\(installed)")
+        // The destination's own clock, two hours ahead, as sshd's expiry-time reads it.
+        let expiry = try #require(lines[2].firstRange(of: "expiry-time=\"").map { lines[2][$0.upperBound...].prefix(12) })
+        #expect(expiry.count == 12 && expiry.allSatisfy(\.isNumber), "\(lines[2])")
+        #expect(try Self.bash(DirectTransfer.linesAbsentCommand(k)).0 != 0)
+        let revoke = try Self.bash(DirectTransfer.removeLinesCommand(k))
+        #expect(revoke.0 == 0, "\(revoke.2)")
+        // Only the added newline differs from the original.
+        #expect(try String(contentsOfFile: k.keysFile!, encoding: .utf8) == original + "\n")
+        #expect(try Self.bash(DirectTransfer.linesAbsentCommand(k)).0 == 0)
+    }
+
+    @Test func theForcedCommandSpendsItsKeyBeforeReadingAndASecondUseReceivesNothing() throws {
+        let original = "ssh-ed25519 AAAAadmin admin@host"
+        let (dir, k) = try Self.scratch(keys: original)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(try Self.bash(DirectTransfer.installCommand(keysFile: k.keysFile, line: Self.line(k))).0 == 0)
+        let receive = DirectTransfer.receiveCommand(destinationPath: k.destinationPath, keysFile: k.keysFile, moveID: Self.moveID)
+        let first = try Self.bash(receive, stdin: "archive bytes")
+        #expect(first.0 == 0, "\(first.2)")
+        #expect(first.1.trimmingCharacters(in: .whitespacesAndNewlines).count == 64)
+        #expect(try String(contentsOfFile: k.keysFile!, encoding: .utf8) == original + "\n")
+        // A second session with the same key (logged in before the line went) gets nothing.
+        try FileManager.default.removeItem(atPath: k.destinationPath + ".part")
+        let second = try Self.bash(receive, stdin: "other bytes")
+        #expect(second.0 == 77 && second.2.contains("already used"), "\(second)")
+        #expect(!FileManager.default.fileExists(atPath: k.destinationPath + ".part"))
+        // Another archive's key line (another mark) is not this key's line either.
+        #expect(try Self.bash(DirectTransfer.installCommand(keysFile: k.keysFile, line: Self.line(k, id: "ffffffffffffffffffffffffffffffff"))).0 == 0)
+        #expect(try Self.bash(receive, stdin: "x").0 == 77)
     }
 }

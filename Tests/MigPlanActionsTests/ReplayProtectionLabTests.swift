@@ -87,5 +87,31 @@ struct ReplayProtectionLabTests {
             if !out.succeeded { throw ApplyLab.Failure(description: "could not read the move id: \(out.stderrText)") }
         }
     }
+
+    /// The restore act itself consults the ledger (`MOVEID CONTAINER`), also when the gate before
+    /// it passed (as on `apply --resume` after the container died on the destination): refused
+    /// as a replay, rolled back, the container back on the source with its state.
+    @Test func restoreOfAMoveTheLedgerAlreadyHoldsForTheContainerIsRefused() async throws {
+        let name = "dt-replay-restore"
+        let boot = try await DirectLab.start(name)
+        let schema = try await ApplyLab.freshSchema()
+        defer { Task { await ApplyLab.dropSchema(schema) } }
+        let m = "\(Self.incoming)/\(name).tar.manifest"
+        let hooks = FaultHooks(beforeAct: ["\(name).restore@instance4": { _, run in
+            let out = try await run("instance4", "id=$(grep -o '\"moveID\":\"[0-9a-f]*\"' \(m) | cut -d'\"' -f4) && [ -n \"$id\" ] && "
+                                    + "mkdir -p /var/lib/migplan/ledger && echo \"$id \(name)\" >> /var/lib/migplan/ledger/restored-moves")
+            if !out.succeeded { throw ApplyLab.Failure(description: "could not read the move id: \(out.stderrText)") }
+        }])
+        let result = try await ApplySession.apply(planFile: try DirectLab.plan(name), options: try DirectLab.options(schema: schema, hooks: hooks))
+        #expect(result.outcome == .failed, "\(result.summary)")
+        #expect(result.report?.rolledBack == ["\(name).rollback"])
+        #expect(result.problems.joined(separator: "\n").contains("refusing to restore it again (replay)"), "\(result.problems)")
+        #expect(try await ApplyLab.isRunning(name, on: "instance3"))
+        #expect(!(try await ApplyLab.isRunning(name, on: "instance4")))
+        let after = try await ApplyLab.report(name, on: "instance3")
+        #expect(after["boot"] as? String == boot)
+        #expect(after["intact"] as? Bool == true)
+        await DirectLab.wipe(name)
+    }
 }
 }

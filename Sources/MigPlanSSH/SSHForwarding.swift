@@ -524,16 +524,25 @@ public final class SSHParkedCommand: @unchecked Sendable {
             var seen: [UInt8] = []
             let wanted = Array((marker + "\n").utf8)
             do throws(SSHError) {
-                while !seen.starts(with: wanted) {
-                    // Only stderr is read here; stdout stays untouched for the command proper.
-                    let e = try exec.read(stream: 1, into: scratch, limit: wanted.count) { (b: UnsafeRawBufferPointer) throws(SSHError) in
+                // Login scripts may write to stderr before the shell gets to the marker (seen: a
+                // pyenv rehash racing in parallel sessions): skipped, up to 64 KiB.
+                let wantedLine = Array(("\n" + marker + "\n").utf8)
+                func parkedLineSeen() -> Bool {
+                    seen.starts(with: wanted) || (seen.count >= wantedLine.count && seen.suffix(wantedLine.count).elementsEqual(wantedLine))
+                }
+                while !parkedLineSeen() {
+                    // Only stderr is read here (one byte at a time past the first line, so nothing
+                    // after the marker is taken); stdout stays untouched for the command proper.
+                    let limit = seen.isEmpty ? wanted.count : 1
+                    let e = try exec.read(stream: 1, into: scratch, limit: limit) { (b: UnsafeRawBufferPointer) throws(SSHError) in
                         seen.append(contentsOf: b)
                     }
-                    if seen.count >= wanted.count && !seen.starts(with: wanted) {
+                    if seen.count > 65536 {
                         throw core.error(.remoteCommandFailed, operation, "the parked command said: \(String(decoding: seen.prefix(300), as: UTF8.self))")
                     }
                     if exec.outputDone || e == .eof {
-                        throw core.error(.remoteCommandFailed, operation, "the parked command ended before its input came")
+                        throw core.error(.remoteCommandFailed, operation, "the parked command ended before its input came"
+                                         + (seen.isEmpty ? "" : ": \(String(decoding: seen.suffix(300), as: UTF8.self))"))
                     }
                     if !ExecChannel.progressed(e) { try core.wait(token, deadline, operation) }
                 }

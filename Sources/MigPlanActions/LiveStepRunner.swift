@@ -789,14 +789,7 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
         } else {
             compressed = a.sourcePath.hasSuffix(".zz") || a.sourcePath.hasSuffix(".gz")
         }
-        let source: SSHConnection
-        let destination: SSHConnection
-        do {
-            source = try await sessions.connection(a.from)
-            destination = try await sessions.connection(a.to)
-        } catch {
-            throw ActionError.wrap(error, host: nil)
-        }
+        let (source, destination) = try await relayEnds(from: a.from, to: a.to)
         let d = a.destinationPath.shellQuoted
         let reporter = ProgressThrottle(context: context, total: total)
         let recordKey = AttemptScope.key
@@ -836,6 +829,15 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
         relayed.merge(try await writeManifest(context, a, moveID: MoveManifest.newMoveID(), sha256: result.sha256,
                                               bytes: result.bytes)) { _, new in new }
         return relayed
+    }
+
+    /// The two SSH connections a relay joins (opened before any freeze, reused).
+    func relayEnds(from: String, to: String) async throws -> (SSHConnection, SSHConnection) {
+        do {
+            return (try await sessions.connection(from), try await sessions.connection(to))
+        } catch {
+            throw ActionError.wrap(error, host: nil)
+        }
     }
 
     /// The digest (from the transfer step) of the archive an unpack step unpacks.

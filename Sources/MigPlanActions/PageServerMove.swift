@@ -360,14 +360,7 @@ extension LiveStepRunner {
             // Resumed after the dump (nothing of it in this process): the rest of the images is
             // relayed from the source's directory.
             let send = "cd \(a.imagesDir.shellQuoted) && tar -c -f - --exclude='pages-*.img' --exclude='pagemap-*.img' ."
-            let source: SSHConnection
-            let destination: SSHConnection
-            do {
-                source = try await sessions.connection(a.from)
-                destination = try await sessions.connection(a.to)
-            } catch {
-                throw ActionError.wrap(error, host: nil)
-            }
+            let (source, destination) = try await relayEnds(from: a.from, to: a.to)
             let result: (ValidatedRelayResult, String)
             do {
                 result = try await Self.validatedRelay(from: source, send, to: destination, receive, timeout: commandTimeout)

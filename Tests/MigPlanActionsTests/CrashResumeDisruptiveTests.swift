@@ -29,8 +29,25 @@ enum CrashLab {
         return candidate
     }
 
-    /// Runs `migplan ARGS` with the lab's journal password and `extra` in its environment.
+    /// Whether `migplan journal init` ran in this process (a fresh lab's database has no tables
+    /// yet: the binary, unlike the in-process tests, uses the default schema).
+    nonisolated(unsafe) static var journalReady = false
+    static let journalLock = NSLock()
+
+    /// Runs `migplan ARGS` with the lab's journal password and `extra` in its environment; before
+    /// the first `apply`, `migplan journal init --plan PLAN` (idempotent).
     static func migplan(_ args: [String], extra: [String: String] = [:]) async throws -> Exit {
+        if args.first == "apply", let plan = args.last, !journalLock.withLock({ journalReady }) {
+            let initialized = try await run(["journal", "init", "--plan", plan], extra: [:])
+            guard initialized.status == 0 else {
+                throw ApplyLab.Failure(description: "migplan journal init failed: \(initialized.stderr)")
+            }
+            journalLock.withLock { journalReady = true }
+        }
+        return try await run(args, extra: extra)
+    }
+
+    static func run(_ args: [String], extra: [String: String]) async throws -> Exit {
         let path = try executable()
         var env = try ApplyLab.applyEnvironment()
         env.removeValue(forKey: FaultInjection.environmentVariable)

@@ -23,7 +23,7 @@ fail() {
 # check NAME CMD...: CMD must succeed (its output is kept for the failure report).
 check() { local name=$1; shift; if "$@" >"$OUT" 2>&1; then pass "$name"; else fail "$name"; fi; }
 # refuse NAME CMD...: CMD must fail.
-refuse() { local name=$1; shift; if "$@" >"$OUT" 2>&1; then fail "$name (it succeeded)"; else pass "$name"; fi; }
+refuse() { local name=$1; shift; if "$@" >"$OUT" 2>&1; then fail "$name (it succeeded)"; sed 's/^/     /' "$OUT"; else pass "$name"; fi; }
 # refuse_with NAME TEXT CMD...: CMD must fail and say TEXT (so it fails for the right reason).
 refuse_with() {
   local name=$1 text=$2; shift 2
@@ -218,7 +218,7 @@ check "down succeeds" "$LAB" down
 refuse "no mp-instance namespace is left" bash -c 'ip netns list | grep -q "^mp-instance"'
 refuse "the bridge mpbr0 is gone" ip link show mpbr0
 refuse "the iptables rule is gone" iptables -w 10 -C FORWARD -i mpbr0 -o mpbr0 -j ACCEPT
-refuse "instance1's sshd is gone" kill -0 "$sshd_pid"
+refuse "instance1's sshd is gone" bash -c "for i in \$(seq 30); do kill -0 $sshd_pid 2>/dev/null || exit 1; sleep 0.1; done; ps -o pid,ppid,args -p $sshd_pid >&2; exit 0"
 refuse "PostgreSQL is down" pg_isready -h 10.77.0.1 -p 5433 -t 2
 refuse "no lab mount is left" bash -c "findmnt -rn -o TARGET | grep -qF '$LAB_DIR/'"
 refuse "status says not healthy" "$LAB" status

@@ -416,7 +416,9 @@ extension LiveStepRunner {
             + "if [ -z \"$fail\" ] && grep -q 'Error' \(side.log.shellQuoted); then fail='the page server failed:'; fi; "
             + "if [ -n \"$fail\" ]; then echo \"$fail\" >&2; tail -c 2000 \(side.log.shellQuoted) >&2 2>/dev/null || true; \(hashOnFailure); fi; "
             + "t1=\(Self.now); ls \(b)/pages-*.img >/dev/null; "
-            + "if ! tar -x --no-same-owner --no-overwrite-dir -f - -C \(b); then echo 'unpacking the rest of the images failed' >&2; \(hashOnFailure); fi; t2=\(Self.now); "
+            // `cat` drains what tar leaves unread after the end-of-archive blocks (a short read
+            // from a pipe ends a record early), so the sender never sees its input refused.
+            + "if ! tar -x --no-same-owner --no-overwrite-dir -f - -C \(b); then echo 'unpacking the rest of the images failed' >&2; \(hashOnFailure); fi; cat > /dev/null; t2=\(Self.now); "
             + hash + "; t3=\(Self.now); "
             + "echo \"times start $t0 pageServerGone $t1 untarred $t2 digested $t3\" >&2"
     }
@@ -606,7 +608,7 @@ extension LiveStepRunner {
             // An earlier attempt interrupted between its two renames (checkpoint directory on disk).
             + "if [ ! -e \"$d\" ] && [ -d \"$d.old\" ]; then mv -T \"$d.old\" \"$d\"; fi; "
             + "[ -f \"$d/inventory.img\" ]; r=\"$d.return\"; rm -rf \"$r\"; mkdir -m 700 \"$r\"; "
-            + "tar -x --no-same-owner -f - -C \"$r\"; " + check
+            + "tar -x --no-same-owner -f - -C \"$r\"; cat > /dev/null; " + check
             + "for f in \"$d\"/*; do n=${f##*/}; case \"$n\" in pages-*.img|pagemap-*.img) ;; *) ln \"$f\" \"$r/$n\" 2>/dev/null || cp -a \"$f\" \"$r/$n\";; esac; done; "
             + "[ -f \"$r/inventory.img\" ]; : > \"$r/\(marker)\"; "
             + "if [ -L \(images) ]; then ln -sfn \"$r\" \(images).new && mv -T \(images).new \(images); rm -rf \"$d\"; "

@@ -33,7 +33,7 @@ struct MigrationIntegrationTests {
             try await from.checkpoint(name, into: images(name), workDirectory: work(name), options: .init())
         }
         let relay = try await SSHRelay.pipe(from: src, command: "tar -C \(img) -c .",
-                                            to: dst, command: "mkdir -p \(img) && tar -C \(img) -x", timeout: .seconds(300))
+                                            to: dst, command: "mkdir -p \(img) && tar -C \(img) -x && cat > /dev/null", timeout: .seconds(300))
         f.transfer = relay.duration
         f.bytes = relay.bytes
         f.restore = try await clock.measure {

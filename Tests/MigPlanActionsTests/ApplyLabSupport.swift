@@ -164,7 +164,9 @@ enum ApplyLab {
     }
 
     /// A plan in a temp dir pointing at the lab with absolute paths.
-    static func writePlan(name: String, containers: String, migration: String) throws -> String {
+    static func writePlan(name: String, containers: String, migration: String,
+                          hosts: String = "  instance1: {address: 10.77.0.11, key: controller}\n  instance2: {address: 10.77.0.12, key: controller}",
+                          directory prefix: String = "ap-plan") throws -> String {
         let text = """
             apiVersion: migplan/v1
             name: \(name)
@@ -174,8 +176,7 @@ enum ApplyLab {
               controller:
                 path: \(labDir)/keys/controller_ed25519
             hosts:
-              instance1: {address: 10.77.0.11, key: controller}
-              instance2: {address: 10.77.0.12, key: controller}
+            \(hosts)
             journal:
               host: 10.77.0.1
               port: 5433
@@ -188,7 +189,7 @@ enum ApplyLab {
             migrations:
             \(migration)
             """
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ap-plan-\(UUID().uuidString)")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let file = dir.appendingPathComponent("\(name).yaml")
         try text.write(to: file, atomically: true, encoding: .utf8)

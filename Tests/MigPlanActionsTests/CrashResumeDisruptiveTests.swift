@@ -96,51 +96,32 @@ enum CrashLab {
 
     /// A one-container stateful runc memhog move instance5 → instance6 (relay).
     static func plan(_ v: Variant) throws -> String {
-        let lab = ApplyLab.labDir
-        let text = """
-            apiVersion: migplan/v1
-            name: \(v.name)
-            ssh:
-              knownHosts: \(lab)/known_hosts
-            keys:
-              controller:
-                path: \(lab)/keys/controller_ed25519
-            hosts:
-              instance5: {address: 10.77.0.15, key: controller}
-              instance6: {address: 10.77.0.16, key: controller}
-            journal:
-              host: 10.77.0.1
-              port: 5433
-              dbname: migplan
-              user: migplan
-              sslrootcert: \(lab)/pg/ca.crt
-              passwordEnv: MIGPLAN_JOURNAL_PASSWORD
-            containers:
-              \(v.name):
-                runtime: runc
-                bundle: /var/lib/migplan/bundles/\(v.name)
-                stateful: true
-            migrations:
-              - name: \(v.name)
-                containers: [\(v.name)]
-                from: instance5
-                to: instance6
-                flow: stateful
-                transfer:
-                  compression: \(v.compression)
-                  archive: \(v.archive)
-                  path: relay
-                retry:
-                  attempts: 2
-                  initialBackoff: 1s
-                  maxBackoff: 2s
-                onFailure: rollback
-            """
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cr-plan")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let file = dir.appendingPathComponent("\(v.name).yaml")
-        try text.write(to: file, atomically: true, encoding: .utf8)
-        return file.path
+        try ApplyLab.writePlan(
+            name: v.name,
+            containers: """
+                  \(v.name):
+                    runtime: runc
+                    bundle: /var/lib/migplan/bundles/\(v.name)
+                    stateful: true
+                """,
+            migration: """
+                  - name: \(v.name)
+                    containers: [\(v.name)]
+                    from: instance5
+                    to: instance6
+                    flow: stateful
+                    transfer:
+                      compression: \(v.compression)
+                      archive: \(v.archive)
+                      path: relay
+                    retry:
+                      attempts: 2
+                      initialBackoff: 1s
+                      maxBackoff: 2s
+                    onFailure: rollback
+                """,
+            hosts: "  instance5: {address: 10.77.0.15, key: controller}\n  instance6: {address: 10.77.0.16, key: controller}",
+            directory: "cr-plan")
     }
 
     static func graph(_ v: Variant) throws -> StepGraph {

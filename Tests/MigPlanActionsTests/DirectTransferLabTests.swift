@@ -13,50 +13,32 @@ enum DirectLab {
     static let keysFile = "/var/lib/migplan/ssh/authorized_keys"
 
     static func plan(_ name: String, path: String = "direct", compression: String = "none") throws -> String {
-        let text = """
-            apiVersion: migplan/v1
-            name: \(name)
-            ssh:
-              knownHosts: \(ApplyLab.labDir)/known_hosts
-            keys:
-              controller:
-                path: \(ApplyLab.labDir)/keys/controller_ed25519
-            hosts:
-              instance3: {address: 10.77.0.13, key: controller}
-              instance4: {address: 10.77.0.14, key: controller, transferKeysFile: \(keysFile)}
-            journal:
-              host: 10.77.0.1
-              port: 5433
-              dbname: migplan
-              user: migplan
-              sslrootcert: \(ApplyLab.labDir)/pg/ca.crt
-              passwordEnv: MIGPLAN_JOURNAL_PASSWORD
-            containers:
-              \(name):
-                runtime: runc
-                bundle: /var/lib/migplan/bundles/\(name)
-                stateful: true
-            migrations:
-              - name: \(name)
-                containers: [\(name)]
-                from: instance3
-                to: instance4
-                flow: stateful
-                transfer:
-                  compression: \(compression)
-                  archive: single
-                  path: \(path)
-                retry:
-                  attempts: 2
-                  initialBackoff: 1s
-                  maxBackoff: 2s
-                onFailure: rollback
-            """
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dt-plan-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let file = dir.appendingPathComponent("\(name).yaml")
-        try text.write(to: file, atomically: true, encoding: .utf8)
-        return file.path
+        try ApplyLab.writePlan(
+            name: name,
+            containers: """
+                  \(name):
+                    runtime: runc
+                    bundle: /var/lib/migplan/bundles/\(name)
+                    stateful: true
+                """,
+            migration: """
+                  - name: \(name)
+                    containers: [\(name)]
+                    from: instance3
+                    to: instance4
+                    flow: stateful
+                    transfer:
+                      compression: \(compression)
+                      archive: single
+                      path: \(path)
+                    retry:
+                      attempts: 2
+                      initialBackoff: 1s
+                      maxBackoff: 2s
+                    onFailure: rollback
+                """,
+            hosts: "  instance3: {address: 10.77.0.13, key: controller}\n  instance4: {address: 10.77.0.14, key: controller, transferKeysFile: \(keysFile)}",
+            directory: "dt-plan")
     }
 
     static func options(schema: String, hooks: FaultHooks = FaultHooks()) throws -> ApplyOptions {

@@ -24,47 +24,28 @@ struct PageServerLabTests {
 
     /// A page-server plan moving `name` from instance7 to instance8 (absolute lab paths).
     static func plan(_ name: String) throws -> String {
-        let lab = ApplyLab.labDir
-        let text = """
-            apiVersion: migplan/v1
-            name: \(name)
-            ssh:
-              knownHosts: \(lab)/known_hosts
-            keys:
-              controller:
-                path: \(lab)/keys/controller_ed25519
-            hosts:
-              instance7: {address: 10.77.0.17, key: controller}
-              instance8: {address: 10.77.0.18, key: controller}
-            journal:
-              host: 10.77.0.1
-              port: 5433
-              dbname: migplan
-              user: migplan
-              sslrootcert: \(lab)/pg/ca.crt
-              passwordEnv: MIGPLAN_JOURNAL_PASSWORD
-            containers:
-              \(name):
-                runtime: runc
-                bundle: /var/lib/migplan/bundles/\(name)
-                stateful: true
-            migrations:
-              - name: \(name)
-                containers: [\(name)]
-                from: instance7
-                to: instance8
-                transfer:
-                  method: page-server
-                  path: relay
-                retry:
-                  attempts: 1
-                onFailure: rollback
-            """
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ps-plan-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let file = dir.appendingPathComponent("\(name).yaml")
-        try text.write(to: file, atomically: true, encoding: .utf8)
-        return file.path
+        try ApplyLab.writePlan(
+            name: name,
+            containers: """
+                  \(name):
+                    runtime: runc
+                    bundle: /var/lib/migplan/bundles/\(name)
+                    stateful: true
+                """,
+            migration: """
+                  - name: \(name)
+                    containers: [\(name)]
+                    from: instance7
+                    to: instance8
+                    transfer:
+                      method: page-server
+                      path: relay
+                    retry:
+                      attempts: 1
+                    onFailure: rollback
+                """,
+            hosts: "  instance7: {address: 10.77.0.17, key: controller}\n  instance8: {address: 10.77.0.18, key: controller}",
+            directory: "ps-plan")
     }
 
     func installMemhog(_ name: String, mb: Int = 24) async throws {

@@ -62,7 +62,12 @@ import Testing
 
     @Test func resumedRunAcceptsTheMoveItsPredecessorMade() throws {
         let bytes = Self.manifest(runID: "run-a").encoded()
-        _ = try Self.check(runs: ["run-b", "run-a"]).check(manifest: bytes, macHex: Self.keys.mac(bytes, runID: "run-a"), ledger: [])
+        let accepted = try Self.check(runs: ["run-b", "run-a"]).check(manifest: bytes, macHex: Self.keys.mac(bytes, runID: "run-a"), ledger: [])
+        #expect(accepted.runID == "run-a" && accepted.moveID == String(repeating: "ab", count: 16))
+        // The same manifest is refused by a run that resumes nothing of run-a.
+        #expect(throws: ManifestRefusal.self) {
+            try Self.check(runs: ["run-b"]).check(manifest: bytes, macHex: Self.keys.mac(bytes, runID: "run-a"), ledger: [])
+        }
     }
 
     @Test func editedManifestIsRefusedByItsMAC() throws {

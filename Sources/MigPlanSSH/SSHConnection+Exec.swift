@@ -87,6 +87,8 @@ struct PumpResult {
 extension SessionCore {
     static let readChunk = 256 * 1024
     static let writeChunk = 2 * 1024 * 1024
+    /// How long a command whose local stdin source failed is given to end after its end-of-input.
+    static let sourceFailureGrace: Duration = .seconds(10)
 
     /// The loop behind `run` and `runStreaming`: writes stdin, reads stdout and stderr, and waits on
     /// the socket only when no stream made progress.
@@ -110,6 +112,8 @@ extension SessionCore {
         var stdinBytes: Int64 = 0
         var stdoutBytes: Int64 = 0
         var reported: Int64 = 0
+        var sourceFailure: SSHError?
+        var failureDeadline: ContinuousClock.Instant?
         func report(_ total: Int64) {
             if let progress, total - reported >= 1 << 20 {
                 reported = total
@@ -119,6 +123,7 @@ extension SessionCore {
         do throws(SSHError) {
             while !channel.outputDone {
                 if token.isCancelled { throw error(.cancelled, operation, "cancelled") }
+                if let sourceFailure, let failureDeadline, ContinuousClock.now >= failureDeadline { throw sourceFailure }
                 if let deadline, ContinuousClock.now >= deadline { throw error(.commandTimeout, operation, "timed out") }
                 var progressed = false
                 // stdin
@@ -126,11 +131,16 @@ extension SessionCore {
                     var budget = 4 << 20
                     while budget > 0 {
                         if inStart == inEnd && !sourceEnded, let stdin {
-                            let n: Int
+                            var n = 0
                             do { n = try stdin.read(into: inBuffer) } catch {
-                                throw self.error(.localIO, operation, "reading the local source failed: \(error)")
+                                // The remote command gets end-of-input and is waited for (a short
+                                // grace) before the failure is reported: a caller that cleans up
+                                // after it never races a receiver still creating its file.
+                                sourceFailure = self.error(.localIO, operation, "reading the local source failed: \(error)")
+                                let grace = ContinuousClock.now + SessionCore.sourceFailureGrace
+                                failureDeadline = deadline.map { min($0, grace) } ?? grace
                             }
-                            if n == 0 { sourceEnded = true } else {
+                            if sourceFailure != nil || n == 0 { sourceEnded = true } else {
                                 inStart = 0
                                 inEnd = n
                                 stdinHasher?.update(UnsafeRawBufferPointer(rebasing: inBuffer[0..<n]))
@@ -166,7 +176,12 @@ extension SessionCore {
                     if ExecChannel.progressed(e) { progressed = true }
                 }
                 if channel.outputDone { break }
-                if progressed { markActive() } else { try wait(token, deadline, operation) }
+                if progressed { markActive() } else { try wait(token, failureDeadline ?? deadline, operation) }
+            }
+            if let sourceFailure {
+                _ = try? channel.finish(token: token, deadline: failureDeadline)
+                channel.abandon()  // a no-op once finish freed the channel
+                throw sourceFailure
             }
             let status = try channel.finish(token: token, deadline: deadline)
             progress?(stdin == nil ? stdoutBytes : stdinBytes)
@@ -174,7 +189,7 @@ extension SessionCore {
             return PumpResult(status: status, stdinBytes: stdinBytes, stdoutBytes: stdoutBytes, inputTruncated: truncated)
         } catch {
             channel.abandon()
-            throw error
+            throw sourceFailure ?? error
         }
     }
 }

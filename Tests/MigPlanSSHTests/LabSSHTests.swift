@@ -1,6 +1,7 @@
 import Foundation
 import MigPlanBasics
 @testable import MigPlanSSH
+import Synchronization
 import Testing
 
 /// Integration tests against the lab's real sshd hosts (scripts/lab up). Skipped only when
@@ -127,6 +128,36 @@ struct LabSSHTests {
         #expect(down.stdoutBytes == Int64(Self.bigSize))
         #expect(down.stdoutSHA256.hex == sha)
         _ = try await conn.run("rm -f \(remote)", timeout: .seconds(10))
+    }
+
+    /// A local source that fails mid-stream: the remote command sees end-of-input and has ended
+    /// before the error is reported, so whoever cleans up after the failure removes what the
+    /// command wrote, even a command slow to start writing.
+    @Test func aFailingLocalSourceIsReportedOnlyAfterTheRemoteCommandEnded() async throws {
+        final class FailingSource: SSHByteSource {
+            let sent = Mutex(false)
+            func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+                if sent.withLock({ let was = $0; $0 = true; return was }) { throw SSHLocalIOError("refused by the validator") }
+                buffer.initializeMemory(as: UInt8.self, repeating: 0x41)
+                return min(buffer.count, 4096)
+            }
+        }
+        let conn = try await Lab.connect(1)
+        defer { conn.close() }
+        let remote = Self.remoteDir + "/failing-source.part"
+        _ = try await conn.run("mkdir -p \(Self.remoteDir) && rm -f \(remote)", timeout: .seconds(10))
+        do {
+            _ = try await conn.runStreaming("sleep 1; cat > \(remote)", stdin: FailingSource(), timeout: .seconds(30))
+            Issue.record("a failing source must fail the command")
+        } catch {
+            #expect(error.kind == .localIO, "\(error)")
+            #expect(error.description.contains("refused by the validator"), "\(error)")
+        }
+        // The command ended: the file it made is there now and nothing writes to it any more.
+        let out = try await conn.run("test -f \(remote) && rm -f \(remote) && sleep 1.5 && ! test -e \(remote)", timeout: .seconds(10))
+        #expect(out.exitStatus == 0, "the remote command was still running after the failure was reported")
+        // The connection stays usable.
+        #expect(try await conn.run("echo ok", timeout: .seconds(10)).stdoutText == "ok\n")
     }
 
     @Test func relay256MBFromInstance1ToInstance2MatchesSha256sumOnBothHosts() async throws {

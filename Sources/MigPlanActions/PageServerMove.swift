@@ -443,52 +443,13 @@ extension LiveStepRunner {
             + "echo \"digest-s $d0 \(Self.now)\"; "
     }
 
-    /// `ValidatingRelay.run`, also returning the destination command's stderr (which carries the
-    /// manifest digest).
+    /// `ValidatingRelay.run` of the images (uncompressed tar), also returning the destination
+    /// command's stderr (which carries the manifest digest).
     static func validatedRelay(from source: SSHConnection, _ sourceCommand: String, to destination: SSHConnection,
                                _ destinationCommand: String, timeout: Duration?) async throws -> (ValidatedRelayResult, String) {
-        let pipe = BytePipe()
-        let validator = try ArchiveStreamValidator(compressed: false)
-        let sink = ValidatingSink(pipe: pipe, validator: validator)
-        let started = ContinuousClock.now
-        async let sent: Result<StreamResult, any Error> = {
-            do {
-                let r = try await source.runStreaming(sourceCommand, stdout: sink, timeout: timeout)
-                if r.exitStatus != 0 { pipe.abort("the source command exited \(r.exitStatus)"); return .success(r) }
-                do { try sink.finish() } catch { pipe.abort(String(describing: error)); return .failure(error) }
-                pipe.close()
-                return .success(r)
-            } catch {
-                pipe.abort("the source side failed")
-                return .failure(error)
-            }
-        }()
-        async let received: Result<StreamResult, any Error> = {
-            do {
-                let r = try await destination.runStreaming(destinationCommand, stdin: pipe, timeout: timeout)
-                if r.exitStatus != 0 || r.inputTruncated { pipe.abort("the destination command ended early") }
-                return .success(r)
-            } catch {
-                pipe.abort("the destination side failed")
-                return .failure(error)
-            }
-        }()
-        let (s, r) = await (sent, received)
-        if let refused = sink.refused { throw ActionError(.archiveRefused, host: source.hostName, refused.description) }
-        let src = try s.mapError { ActionError.wrap($0, host: source.hostName) }.get()
-        let dst = try r.mapError { ActionError.wrap($0, host: destination.hostName) }.get()
-        guard src.exitStatus == 0 else {
-            throw ActionError(.commandFailed, host: source.hostName, "sending the images failed (exit \(src.exitStatus)): \(src.stderrText.suffix(500))")
-        }
-        guard dst.exitStatus == 0 else {
-            throw ActionError(.commandFailed, host: destination.hostName, "receiving the images failed (exit \(dst.exitStatus)): \(dst.stderrText.suffix(800))")
-        }
-        guard src.stdoutBytes == dst.stdinBytes, src.stdoutSHA256 == dst.stdinSHA256, !dst.inputTruncated else {
-            throw ActionError(.transport, host: destination.hostName,
-                              "relay mismatch: sent \(src.stdoutBytes) bytes, delivered \(dst.stdinBytes)", retryable: true)
-        }
-        return (ValidatedRelayResult(bytes: src.stdoutBytes, sha256: src.stdoutSHA256.hex, duration: ContinuousClock.now - started,
-                                     entries: validator.entries), dst.stderrText)
+        let r = try await ValidatingRelay.run(from: source, sourceCommand, to: destination, destinationCommand,
+                                              compressed: false, timeout: timeout, what: "the images")
+        return (r, r.destinationStderr)
     }
 
     // MARK: restore (the freeze ends here)

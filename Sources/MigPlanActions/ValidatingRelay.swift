@@ -106,6 +106,9 @@ struct ValidatedRelayResult: Sendable {
     var sha256: String
     var duration: Duration
     var entries: Int
+    /// What the destination command wrote to stderr (the page-server receiver reports its manifest
+    /// digest there).
+    var destinationStderr: String = ""
 }
 
 /// Streams `sourceCommand`'s stdout on one host into `destinationCommand`'s stdin on another,
@@ -116,7 +119,7 @@ enum ValidatingRelay {
     static func run(
         from source: SSHConnection, _ sourceCommand: String,
         to destination: SSHConnection, _ destinationCommand: String,
-        compressed: Bool, timeout: Duration?, progress: @escaping SSHProgress
+        compressed: Bool, timeout: Duration?, what: String = "the archive", progress: @escaping SSHProgress = { _ in }
     ) async throws -> ValidatedRelayResult {
         let pipe = BytePipe()
         let validator = try ArchiveStreamValidator(compressed: compressed)
@@ -140,18 +143,19 @@ enum ValidatingRelay {
         }
         guard src.exitStatus == 0 else {
             throw ActionError(.commandFailed, host: source.hostName,
-                              "sending the archive failed (exit \(src.exitStatus)): \(src.stderrText.suffix(500))")
+                              "sending \(what) failed (exit \(src.exitStatus)): \(src.stderrText.suffix(500))")
         }
         guard dst.exitStatus == 0 else {
             throw ActionError(.commandFailed, host: destination.hostName,
-                              "receiving the archive failed (exit \(dst.exitStatus)): \(dst.stderrText.suffix(500))")
+                              "receiving \(what) failed (exit \(dst.exitStatus)): \(dst.stderrText.suffix(800))")
         }
         guard src.stdoutBytes == dst.stdinBytes, src.stdoutSHA256 == dst.stdinSHA256, !dst.inputTruncated else {
             throw ActionError(.transport, host: destination.hostName,
                               "relay mismatch: sent \(src.stdoutBytes) bytes, delivered \(dst.stdinBytes)", retryable: true)
         }
         return ValidatedRelayResult(bytes: src.stdoutBytes, sha256: src.stdoutSHA256.hex,
-                                    duration: ContinuousClock.now - started, entries: validator.entries)
+                                    duration: ContinuousClock.now - started, entries: validator.entries,
+                                    destinationStderr: dst.stderrText)
     }
 
     private static func sendSide(_ c: SSHConnection, _ command: String, sink: ValidatingSink, pipe: BytePipe,

@@ -210,7 +210,8 @@ public enum ApplySession {
             FileHandle.standardError.write(Data("migplan: \(FaultInjection.environmentVariable)=\(fault) is set: this process will SIGKILL itself (a testing aid, docs/resume.md)\n".utf8))
             try? await journal.appendAudit(AuditEvent(runID: runID, action: "fault-injection.armed", subject: fault.description))
         }
-        let sessions = SessionPool(plan: plan, environment: options.environment)
+        let sessions = SessionPool(plan: plan, environment: options.environment,
+                                   lanes: SessionPool.lanes(for: graph, parallelism: options.parallelism))
         let recorder = CommandRecorder()
         let runner = LiveStepRunner(plan: plan, graph: graph, sessions: sessions, recorder: recorder, hooks: options.hooks)
         runner.resumed = resume != nil

@@ -122,7 +122,7 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
 
     func runner(_ hostName: String) async throws -> RecordingRunner {
         do {
-            return RecordingRunner(connection: try await sessions.connection(hostName), recorder: recorder, pool: sessions)
+            return RecordingRunner(connection: try await sessions.commandConnection(hostName), recorder: recorder, pool: sessions)
         } catch {
             throw ActionError.wrap(error, host: hostName)
         }
@@ -425,9 +425,10 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
         case .ensureSessions(let a):
             var out: [String: String] = [:]
             for h in a.hosts {
-                let c = try await sessions.connection(h)
+                let c = try await sessions.openLanes(h)
                 out["\(h).algorithms"] = c.negotiatedAlgorithms.summary
                 out["\(h).hostKey"] = c.hostKeyFingerprint
+                out["\(h).sessions"] = String(await sessions.laneCount(h))
             }
             return out
         case .checkpoint(let a): return try await checkpoint(step, a)

@@ -1,25 +1,85 @@
 import Foundation
 import MigPlanBasics
+import MigPlanGraph
 import MigPlanModel
 import MigPlanSSH
 
-/// The controller's SSH sessions of one run: one connection per host, opened once (by the
-/// `ensureSessions` step, before anything is frozen, or at the first use) and reused by every step.
+/// The controller's SSH sessions of one run, opened once (by the `ensureSessions` step, before
+/// anything is frozen, or at the first use) and reused by every step.
+///
+/// A host has one or more *lanes* (connections; each runs one operation at a time on its own
+/// thread). Lane 0 carries everything that holds a connection (relays, forwardings, parked
+/// commands: `connection(_:)`); plain commands (`commandConnection(_:)`) take the open lanes in
+/// turn, so that the restores and checks of several containers on one host run side by side
+/// instead of queueing behind one another on a single connection.
 public actor SessionPool {
     public let plan: Plan
     private let environment: [String: String]
-    private var open: [String: SSHConnection] = [:]
-    private var opening: [String: Task<SSHConnection, any Error>] = [:]
+    private let lanes: [String: Int]
+    private var open: [String: [Int: SSHConnection]] = [:]
+    private var opening: [String: [Int: Task<SSHConnection, any Error>]] = [:]
+    private var turn: [String: Int] = [:]
 
-    public init(plan: Plan, environment: [String: String] = ProcessInfo.processInfo.environment) {
+    /// `lanes`: connections per host (missing or < 1: one).
+    public init(plan: Plan, environment: [String: String] = ProcessInfo.processInfo.environment,
+                lanes: [String: Int] = [:]) {
         self.plan = plan
         self.environment = environment
+        self.lanes = lanes
     }
 
-    /// The connection to `hostName`, connecting on first use.
+    /// How many lanes `hostName` gets.
+    public func laneCount(_ hostName: String) -> Int { max(1, lanes[hostName] ?? 1) }
+
+    /// Lanes per host for `graph`: as many as the container steps of one kind that share a host
+    /// (the N checkpoints or restores of a multi-user move), at most `parallelism` (the most steps
+    /// in flight at once); one for a single container.
+    public static func lanes(for graph: StepGraph, parallelism: Int) -> [String: Int] {
+        var perKind: [String: [String: Int]] = [:]
+        for step in graph.steps {
+            guard case .host(let h) = step.location else { continue }
+            switch step.action {
+            case .checkpoint, .restore, .verifyRunning, .stop, .kill, .start:
+                perKind[h, default: [:]][step.action.kind, default: 0] += 1
+            default:
+                perKind[h, default: [:]][step.action.kind] = 1
+            }
+        }
+        return perKind.mapValues { min(max(1, parallelism), $0.values.max() ?? 1) }
+    }
+
+    /// The connection to `hostName` that carries relays, forwardings and parked commands (lane
+    /// 0), connecting on first use.
     public func connection(_ hostName: String) async throws -> SSHConnection {
-        if let c = open[hostName] { return c }
-        if let pending = opening[hostName] { return try await pending.value }
+        try await connection(hostName, lane: 0)
+    }
+
+    /// A connection for one plain command on `hostName`: the open lanes in turn (lane 0 is opened
+    /// when none is).
+    public func commandConnection(_ hostName: String) async throws -> SSHConnection {
+        let ready = (open[hostName] ?? [:]).sorted { $0.key < $1.key }.map(\.value)
+        guard ready.count > 1 else { return try await connection(hostName, lane: 0) }
+        let t = turn[hostName, default: 0]
+        turn[hostName] = t &+ 1
+        return ready[t % ready.count]
+    }
+
+    /// Opens every lane of `hostName` at once (the `ensureSessions` step, before the freeze) and
+    /// returns lane 0.
+    public func openLanes(_ hostName: String) async throws -> SSHConnection {
+        let count = laneCount(hostName)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for lane in 0..<count {
+                group.addTask { _ = try await self.connection(hostName, lane: lane) }
+            }
+            try await group.waitForAll()
+        }
+        return try await connection(hostName, lane: 0)
+    }
+
+    private func connection(_ hostName: String, lane: Int) async throws -> SSHConnection {
+        if let c = open[hostName]?[lane] { return c }
+        if let pending = opening[hostName]?[lane] { return try await pending.value }
         guard let host = plan.host(named: hostName) else {
             throw ActionError(.preflight, host: hostName, "host \(hostName) is not in the plan")
         }
@@ -40,30 +100,34 @@ public actor SessionPool {
                                             knownHostsPath: ssh.knownHosts, connectTimeout: ssh.connectTimeout,
                                             keepaliveInterval: keepalive)
         }
-        opening[hostName] = task
+        opening[hostName, default: [:]][lane] = task
         do {
             let c = try await task.value
-            open[hostName] = c
-            opening[hostName] = nil
+            open[hostName, default: [:]][lane] = c
+            opening[hostName]?[lane] = nil
             return c
         } catch {
-            opening[hostName] = nil
+            opening[hostName]?[lane] = nil
             throw error
         }
     }
 
     /// Whether a session to `hostName` is open.
-    public func isOpen(_ hostName: String) -> Bool { open[hostName] != nil }
+    public func isOpen(_ hostName: String) -> Bool { !(open[hostName] ?? [:]).isEmpty }
 
     /// Drops a broken connection so that the next use reconnects (after a retryable failure).
-    /// `broken`: only that connection (another step may already have reconnected).
+    /// `broken`: only that connection (another step may already have reconnected); nil: every
+    /// lane of the host.
     public func discard(_ hostName: String, broken: SSHConnection? = nil) {
-        if let broken, open[hostName] !== broken { return }
-        open.removeValue(forKey: hostName)?.close()
+        guard let lanes = open[hostName] else { return }
+        for (lane, c) in lanes where broken == nil || c === broken {
+            open[hostName]?.removeValue(forKey: lane)
+            c.close()
+        }
     }
 
     public func closeAll() {
-        for c in open.values { c.close() }
+        for c in open.values.flatMap(\.values) { c.close() }
         open = [:]
     }
 }

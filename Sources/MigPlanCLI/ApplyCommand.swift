@@ -30,7 +30,7 @@ struct ApplyCommand: AsyncParsableCommand {
     @Argument(help: "The plan file.")
     var plan: String
 
-    @Option(name: .long, help: "Most steps in flight at once.")
+    @Option(name: .long, help: "Most steps in flight at once, and most SSH connections opened to one host.")
     var parallelism: Int = 4
 
     @Option(name: .long, help: "Continue the failed or interrupted run RUN_ID (completed steps are re-probed, not re-done).")

@@ -127,6 +127,12 @@ struct ApplyIntegrationTests {
         }
         let containers = Set(result.metrics.map(\.container))
         #expect(containers.isSuperset(of: Set(instances + ["*"])))
+        // One SSH connection per user session on each host, opened before the freeze, so that the
+        // two restores do not queue behind each other on one connection.
+        let detail = try await ApplyLab.runDetail(result.runID, schema: schema)
+        let opened = try #require(detail.steps.first { $0.stepKey.hasSuffix(".sessions@controller") })
+        #expect(opened.detail?.contains(#""instance2.sessions":"2""#) == true, "\(opened.detail ?? "")")
+        #expect(opened.detail?.contains(#""instance1.sessions":"2""#) == true, "\(opened.detail ?? "")")
         for i in instances { await ApplyLab.wipe(i, on: "instance2") }
     }
 

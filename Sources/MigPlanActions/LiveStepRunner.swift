@@ -122,7 +122,9 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
 
     func runner(_ hostName: String) async throws -> RecordingRunner {
         do {
-            return RecordingRunner(connection: try await sessions.commandConnection(hostName), recorder: recorder, pool: sessions)
+            let connection = AttemptScope.firstLane ? try await sessions.connection(hostName)
+                                                    : try await sessions.commandConnection(hostName)
+            return RecordingRunner(connection: connection, recorder: recorder, pool: sessions)
         } catch {
             throw ActionError.wrap(error, host: hostName)
         }
@@ -253,7 +255,18 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
             if let hook = hooks.beforeAct[context.step.id] {
                 try await hook(context.step) { host, command in try await self.sh(host, command) }
             }
-            return try await actStep(context)
+            return try await AttemptScope.$firstLane.withValue(Self.decidesTmpfs(context.step.action)) {
+                try await actStep(context)
+            }
+        }
+    }
+
+    /// Steps that measure the free room on tmpfs and then fill it: they keep to the host's first
+    /// SSH lane, one at a time (`AttemptScope.firstLane`).
+    static func decidesTmpfs(_ action: StepAction) -> Bool {
+        switch action {
+        case .checkpoint, .unpack, .pageServerPrepare: return true
+        default: return false
         }
     }
 

@@ -19,6 +19,7 @@ public actor SessionPool {
     private var open: [String: [Int: SSHConnection]] = [:]
     private var opening: [String: [Int: Task<SSHConnection, any Error>]] = [:]
     private var turn: [String: Int] = [:]
+    private var closed = false
 
     /// `lanes`: connections per host (missing or < 1: one).
     public init(plan: Plan, environment: [String: String] = ProcessInfo.processInfo.environment,
@@ -65,14 +66,15 @@ public actor SessionPool {
     }
 
     /// Opens every lane of `hostName` at once (the `ensureSessions` step, before the freeze) and
-    /// returns lane 0.
+    /// returns lane 0, which must connect; a further lane that does not (sshd's `MaxStartups`,
+    /// say) is left out: plain commands then share the lanes that did.
     public func openLanes(_ hostName: String) async throws -> SSHConnection {
         let count = laneCount(hostName)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for lane in 0..<count {
-                group.addTask { _ = try await self.connection(hostName, lane: lane) }
+        await withTaskGroup(of: Void.self) { group in
+            for lane in 1..<max(1, count) {
+                group.addTask { _ = try? await self.connection(hostName, lane: lane) }
             }
-            try await group.waitForAll()
+            group.addTask { _ = try? await self.connection(hostName, lane: 0) }
         }
         return try await connection(hostName, lane: 0)
     }
@@ -103,8 +105,12 @@ public actor SessionPool {
         opening[hostName, default: [:]][lane] = task
         do {
             let c = try await task.value
-            open[hostName, default: [:]][lane] = c
             opening[hostName]?[lane] = nil
+            if closed {
+                c.close()
+                throw ActionError(.transport, host: hostName, "the run's SSH sessions are closed")
+            }
+            open[hostName, default: [:]][lane] = c
             return c
         } catch {
             opening[hostName]?[lane] = nil
@@ -126,7 +132,9 @@ public actor SessionPool {
         }
     }
 
+    /// Closes every connection; one still connecting is closed when it is made.
     public func closeAll() {
+        closed = true
         for c in open.values.flatMap(\.values) { c.close() }
         open = [:]
     }
@@ -170,6 +178,10 @@ enum AttemptScope {
     /// own timeout, so that a command ends (and says so) before the executor gives up on the step
     /// and its effect becomes unknown.
     @TaskLocal static var commandTimeout: Duration?
+    /// Commands of this act stay on the host's first SSH lane: the steps that decide whether
+    /// their images fit on tmpfs (checkpoint, unpack, page-server prepare) measure the free room
+    /// and then fill it, so two of them on one host must not run side by side.
+    @TaskLocal static var firstLane = false
 }
 
 /// A `CommandRunner` over a host's SSH connection that records every command.

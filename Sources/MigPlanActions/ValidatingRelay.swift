@@ -131,6 +131,12 @@ enum ValidatingRelay {
                                                                           timeout: timeout)
         let (s, r) = await (sent, received)
         if let refused = sink.refused { throw ActionError(.archiveRefused, host: source.hostName, refused.description) }
+        // A source that exited non-zero is what failed (its stderr says why), not the destination
+        // that then saw its input aborted.
+        if case .success(let v) = s, v.exitStatus != 0 {
+            throw ActionError(.commandFailed, host: source.hostName,
+                              "sending \(what) failed (exit \(v.exitStatus)): \(v.stderrText.suffix(500))")
+        }
         let src: StreamResult
         switch s {
         case .success(let v): src = v

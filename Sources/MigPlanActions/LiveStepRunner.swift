@@ -441,7 +441,7 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
                 let c = try await sessions.openLanes(h)
                 out["\(h).algorithms"] = c.negotiatedAlgorithms.summary
                 out["\(h).hostKey"] = c.hostKeyFingerprint
-                out["\(h).sessions"] = String(await sessions.laneCount(h))
+                out["\(h).sessions"] = String(await sessions.openCount(h))
             }
             return out
         case .checkpoint(let a): return try await checkpoint(step, a)

@@ -118,6 +118,9 @@ public actor SessionPool {
         }
     }
 
+    /// How many lanes to `hostName` are open.
+    public func openCount(_ hostName: String) -> Int { open[hostName]?.count ?? 0 }
+
     /// Whether a session to `hostName` is open.
     public func isOpen(_ hostName: String) -> Bool { !(open[hostName] ?? [:]).isEmpty }
 

@@ -443,6 +443,13 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
                 out["\(h).hostKey"] = c.hostKeyFingerprint
                 out["\(h).sessions"] = String(await sessions.openCount(h))
             }
+            // The receiving end of a relay into the destination gets its own connection (see
+            // `SessionPool.receiveLane`), opened now rather than inside the freeze.
+            if let m = plan.migration(named: step.migration), m.flow.isStateful,
+               m.transfer.path == .relay || m.transfer.method == .pageServer {
+                try await sessions.openReceiveLane(m.to)
+                out["\(m.to).receiveLane"] = "open"
+            }
             return out
         case .checkpoint(let a): return try await checkpoint(step, a)
         case .pageServerPrepare(let a): return try await pageServerPrepare(context, a)
@@ -848,7 +855,7 @@ public final class LiveStepRunner: StepRunner, @unchecked Sendable {
     /// The two SSH connections a relay joins (opened before any freeze, reused).
     func relayEnds(from: String, to: String) async throws -> (SSHConnection, SSHConnection) {
         do {
-            return (try await sessions.connection(from), try await sessions.connection(to))
+            return (try await sessions.connection(from), try await sessions.receivingConnection(to))
         } catch {
             throw ActionError.wrap(error, host: nil)
         }

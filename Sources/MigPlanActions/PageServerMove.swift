@@ -237,7 +237,8 @@ extension LiveStepRunner {
         }
         let destination: SSHConnection
         do {
-            destination = try await sessions.connection(ps.to)
+            // The receiving end of the page stream, like a relay's, on its own lane.
+            destination = try await sessions.receivingConnection(ps.to)
         } catch {
             await prepared.abandonAll()
             throw ActionError.wrap(error, host: ps.to)
@@ -575,14 +576,7 @@ extension LiveStepRunner {
             + "if [ -L \(images) ]; then ln -sfn \"$r\" \(images).new && mv -T \(images).new \(images); rm -rf \"$d\"; "
             + "else mv -T \"$d\" \"$d.old\" && mv -T \"$r\" \"$d\"; rm -rf \"$d.old\"; fi; "
             + "echo \"returned $(ls \(images)/ | grep -c '^pages-')\" >&2"
-        let source: SSHConnection
-        let destination: SSHConnection
-        do {
-            source = try await sessions.connection(a.to)
-            destination = try await sessions.connection(a.from)
-        } catch {
-            throw ActionError.wrap(error, host: nil)
-        }
+        let (source, destination) = try await relayEnds(from: a.to, to: a.from)
         let startedAt = Date()
         let result: (ValidatedRelayResult, String)
         do {

@@ -55,10 +55,26 @@ public actor SessionPool {
         try await connection(hostName, lane: 0)
     }
 
+    /// The lane that carries the receiving end of relays into `hostName` (never lane 0, never a
+    /// command lane): a relay a → b holds a's lane 0 for its sending end, so a relay b → a running
+    /// at the same time must not need a's lane 0 for its receiving end, or each would wait for the
+    /// other for ever.
+    static let receiveLane = -1
+
+    /// The connection for the receiving end of a relay into `hostName` (`receiveLane`).
+    public func receivingConnection(_ hostName: String) async throws -> SSHConnection {
+        try await connection(hostName, lane: Self.receiveLane)
+    }
+
+    /// Opens the receive lane of `hostName` ahead of a relay into it (before the freeze).
+    public func openReceiveLane(_ hostName: String) async throws {
+        _ = try await connection(hostName, lane: Self.receiveLane)
+    }
+
     /// A connection for one plain command on `hostName`: the open lanes in turn (lane 0 is opened
     /// when none is).
     public func commandConnection(_ hostName: String) async throws -> SSHConnection {
-        let ready = (open[hostName] ?? [:]).sorted { $0.key < $1.key }.map(\.value)
+        let ready = (open[hostName] ?? [:]).filter { $0.key >= 0 }.sorted { $0.key < $1.key }.map(\.value)
         guard ready.count > 1 else { return try await connection(hostName, lane: 0) }
         let t = turn[hostName, default: 0]
         turn[hostName] = t &+ 1
@@ -118,8 +134,8 @@ public actor SessionPool {
         }
     }
 
-    /// How many lanes to `hostName` are open.
-    public func openCount(_ hostName: String) -> Int { open[hostName]?.count ?? 0 }
+    /// How many command lanes (0, 1, ...) to `hostName` are open (the receive lane not counted).
+    public func openCount(_ hostName: String) -> Int { (open[hostName] ?? [:]).keys.filter { $0 >= 0 }.count }
 
     /// Whether a session to `hostName` is open.
     public func isOpen(_ hostName: String) -> Bool { !(open[hostName] ?? [:]).isEmpty }

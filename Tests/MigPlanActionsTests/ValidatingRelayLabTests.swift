@@ -1,6 +1,8 @@
 import Foundation
 @testable import MigPlanActions
 import MigPlanBasics
+import MigPlanGraph
+import MigPlanModel
 import MigPlanSSH
 import Testing
 
@@ -57,6 +59,46 @@ struct ValidatingRelayLabTests {
         // What a caller does after the failure: remove the part file. Nothing may write it again.
         let out = try await dst.run("rm -f \(part) && sleep 1.5 && ! test -e \(part)", timeout: .seconds(10))
         #expect(out.exitStatus == 0, "the receiving command wrote \(part) after the failure was reported")
+    }
+
+    /// Two migrations in opposite directions (instance3 → instance4 and instance4 → instance3)
+    /// relaying at the same time: each relay's sending end holds its host's first SSH lane, so the
+    /// receiving ends must not need those same lanes (they once did: with the ends queued in the
+    /// wrong order, both relays would wait for each other for ever once their pipes were full).
+    @Test(.timeLimit(.minutes(2)))
+    func relaysInOppositeDirectionsAtOnceBothComplete() async throws {
+        try ApplyLab.requireLab()
+        let hosts = "  instance3: {address: 10.77.0.13, key: controller}\n  instance4: {address: 10.77.0.14, key: controller}"
+        let file = try ApplyLab.writePlan(name: "relay-crossing", containers: """
+              a: {runtime: runc, bundle: /var/lib/migplan/bundles/a, stateful: true}
+              b: {runtime: runc, bundle: /var/lib/migplan/bundles/b, stateful: true}
+            """, migration: """
+              - {name: a, containers: [a], from: instance3, to: instance4, flow: stateful}
+              - {name: b, containers: [b], from: instance4, to: instance3, flow: stateful}
+            """, hosts: hosts, directory: "relay-crossing")
+        let plan = try PlanLoader.loadValid(file: file)
+        let pool = SessionPool(plan: plan, environment: try ApplyLab.applyEnvironment())
+        let runner = LiveStepRunner(plan: plan, graph: try PlanCompiler.compile(plan), sessions: pool)
+        defer { Task { await pool.closeAll() } }
+        let big = "\(Self.dir)/crossing"
+        for h in ["instance3", "instance4"] {
+            let made = try await ApplyLab.exec(h, "mkdir -p \(big) && rm -f \(big)/in.part && head -c 50331648 /dev/zero > \(big)/payload")
+            #expect(made.succeeded, "\(made.stderrText)")
+        }
+        let (s1, d1) = try await runner.relayEnds(from: "instance3", to: "instance4")
+        let (s2, d2) = try await runner.relayEnds(from: "instance4", to: "instance3")
+        // The deadlock needs the four ends queued in one unlucky order (a window of microseconds,
+        // not reproduced here); what rules it out is that no receiving end shares a connection
+        // with a sending end.
+        #expect(d1 !== s2, "the receiving end into instance4 shares instance4's sending connection")
+        #expect(d2 !== s1, "the receiving end into instance3 shares instance3's sending connection")
+        let send = "tar -c -f - -C \(big) payload"
+        let receive = "cat > \(big)/in.part"
+        async let one = ValidatingRelay.run(from: s1, send, to: d1, receive, compressed: false, timeout: .seconds(90))
+        async let two = ValidatingRelay.run(from: s2, send, to: d2, receive, compressed: false, timeout: .seconds(90))
+        let (r1, r2) = try await (one, two)
+        #expect(r1.bytes > 50_331_648 && r1.bytes == r2.bytes)
+        for h in ["instance3", "instance4"] { _ = try? await ApplyLab.exec(h, "rm -rf \(big)") }
     }
 }
 }

@@ -132,13 +132,12 @@ enum ValidatingRelay {
         let (s, r) = await (sent, received)
         if let refused = sink.refused { throw ActionError(.archiveRefused, host: source.hostName, refused.description) }
         // A source that exited non-zero is what failed (its stderr says why), not the destination
-        // that then saw its input aborted.
-        if case .success(let v) = s, v.exitStatus != 0 {
-            throw ActionError(.commandFailed, host: source.hostName,
-                              "sending \(what) failed (exit \(v.exitStatus)): \(v.stderrText.suffix(500))")
-        }
+        // that then saw its input aborted: checked before the destination's result.
         let src: StreamResult
         switch s {
+        case .success(let v) where v.exitStatus != 0:
+            throw ActionError(.commandFailed, host: source.hostName,
+                              "sending \(what) failed (exit \(v.exitStatus)): \(v.stderrText.suffix(500))")
         case .success(let v): src = v
         case .failure(let e): throw ActionError.wrap(e, host: source.hostName)
         }
@@ -146,10 +145,6 @@ enum ValidatingRelay {
         switch r {
         case .success(let v): dst = v
         case .failure(let e): throw ActionError.wrap(e, host: destination.hostName)
-        }
-        guard src.exitStatus == 0 else {
-            throw ActionError(.commandFailed, host: source.hostName,
-                              "sending \(what) failed (exit \(src.exitStatus)): \(src.stderrText.suffix(500))")
         }
         guard dst.exitStatus == 0 else {
             throw ActionError(.commandFailed, host: destination.hostName,

@@ -20,33 +20,10 @@ struct ApplyIntegrationTests {
         return o
     }
 
-    static func memhogPlan(_ name: String, replicas: Int = 1, compression: String = "zlib\n      level: 1",
+    static func memhogPlan(_ name: String, replicas: Int = 1, compression: String = "zlib\nlevel: 1",
                            archive: String = "single", onFailure: String = "rollback") throws -> String {
-        try ApplyLab.writePlan(
-            name: name,
-            containers: """
-              \(name):
-                runtime: runc
-                bundle: /var/lib/migplan/bundles/\(name)
-                stateful: true
-                replicas: \(replicas)
-            """,
-            migration: """
-              - name: \(name)
-                containers: [\(name)]
-                from: instance1
-                to: instance2
-                flow: stateful
-                transfer:
-                  compression: \(compression)
-                  archive: \(archive)
-                  path: relay
-                retry:
-                  attempts: 2
-                  initialBackoff: 1s
-                  maxBackoff: 2s
-                onFailure: \(onFailure)
-            """)
+        try ApplyLab.writeRuncPlan(name, replicas: replicas,
+                                   settings: ApplyLab.statefulSettings(compression: compression, archive: archive, onFailure: onFailure))
     }
 
     func installMemhog(_ name: String, mb: Int = 24) async throws {
@@ -181,22 +158,7 @@ struct ApplyIntegrationTests {
     // MARK: Stateless
 
     func clockPlan(_ name: String, order: String) throws -> String {
-        try ApplyLab.writePlan(
-            name: name,
-            containers: """
-              \(name):
-                runtime: runc
-                bundle: /var/lib/migplan/bundles/\(name)
-                stateful: false
-            """,
-            migration: """
-              - name: \(name)
-                containers: [\(name)]
-                from: instance1
-                to: instance2
-                flow: stateless
-                order: \(order)
-            """)
+        try ApplyLab.writeRuncPlan(name, stateful: false, settings: "flow: stateless\norder: \(order)")
     }
 
     @Test(arguments: ["stop-first", "start-first"])

@@ -196,6 +196,35 @@ enum ApplyLab {
         return file.path
     }
 
+    /// A plan moving the runc container `name` (its bundle under /var/lib/migplan/bundles) from
+    /// lab host `from` to `to`. `settings`: the migration's other keys, one per line, indented
+    /// relative to each other only (`flow: stateful`, `transfer:`, `  path: relay`, ...).
+    /// `hosts`: the plan's hosts block (default: `from` and `to` at their lab addresses).
+    static func writeRuncPlan(_ name: String, from: String = "instance1", to: String = "instance2",
+                              stateful: Bool = true, replicas: Int = 1, settings: String,
+                              hosts: String? = nil, directory: String = "ap-plan") throws -> String {
+        func address(_ host: String) -> String { "10.77.0.\(10 + (Int(host.dropFirst("instance".count)) ?? 0))" }
+        let containers = ["  \(name):", "    runtime: runc", "    bundle: /var/lib/migplan/bundles/\(name)",
+                          "    stateful: \(stateful)", "    replicas: \(replicas)"]
+        let migration = ["  - name: \(name)", "    containers: [\(name)]", "    from: \(from)", "    to: \(to)"]
+            + settings.split(separator: "\n").map { "    " + $0 }
+        return try writePlan(
+            name: name, containers: containers.joined(separator: "\n"), migration: migration.joined(separator: "\n"),
+            hosts: hosts ?? [from, to].map { "  \($0): {address: \(address($0)), key: controller}" }.joined(separator: "\n"),
+            directory: directory)
+    }
+
+    /// The settings of a stateful archive move for `writeRuncPlan`: `compression` may carry more
+    /// lines (`zlib\nlevel: 1`); two attempts, quick backoff.
+    static func statefulSettings(compression: String = "none", archive: String = "single", path: String = "relay",
+                                 onFailure: String = "rollback") -> String {
+        let compressionLines = compression.split(separator: "\n").map { "  " + $0 }
+        return (["flow: stateful", "transfer:"]
+            + ["  compression: " + compressionLines[0].dropFirst(2)] + compressionLines.dropFirst()
+            + ["  archive: \(archive)", "  path: \(path)", "retry:", "  attempts: 2", "  initialBackoff: 1s", "  maxBackoff: 2s",
+               "onFailure: \(onFailure)"]).joined(separator: "\n")
+    }
+
     /// A throwaway journal schema with migplan's tables.
     static func freshSchema() async throws -> String {
         let name = "ap_" + newJournalID().replacingOccurrences(of: "-", with: "").prefix(12)

@@ -92,36 +92,13 @@ enum CrashLab {
     }
 
     static let relayNone = Variant(name: "cr-memhog", compression: "none", archive: "single")
-    static let relayZlibPerContainer = Variant(name: "cr-memhogz", compression: "zlib\n      level: 1", archive: "per-container")
+    static let relayZlibPerContainer = Variant(name: "cr-memhogz", compression: "zlib\nlevel: 1", archive: "per-container")
 
     /// A one-container stateful runc memhog move instance5 → instance6 (relay).
     static func plan(_ v: Variant) throws -> String {
-        try ApplyLab.writePlan(
-            name: v.name,
-            containers: """
-                  \(v.name):
-                    runtime: runc
-                    bundle: /var/lib/migplan/bundles/\(v.name)
-                    stateful: true
-                """,
-            migration: """
-                  - name: \(v.name)
-                    containers: [\(v.name)]
-                    from: instance5
-                    to: instance6
-                    flow: stateful
-                    transfer:
-                      compression: \(v.compression)
-                      archive: \(v.archive)
-                      path: relay
-                    retry:
-                      attempts: 2
-                      initialBackoff: 1s
-                      maxBackoff: 2s
-                    onFailure: rollback
-                """,
-            hosts: "  instance5: {address: 10.77.0.15, key: controller}\n  instance6: {address: 10.77.0.16, key: controller}",
-            directory: "cr-plan")
+        try ApplyLab.writeRuncPlan(
+            v.name, from: "instance5", to: "instance6",
+            settings: ApplyLab.statefulSettings(compression: v.compression, archive: v.archive), directory: "cr-plan")
     }
 
     static func graph(_ v: Variant) throws -> StepGraph {

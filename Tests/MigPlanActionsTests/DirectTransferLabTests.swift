@@ -13,30 +13,9 @@ enum DirectLab {
     static let keysFile = "/var/lib/migplan/ssh/authorized_keys"
 
     static func plan(_ name: String, path: String = "direct", compression: String = "none") throws -> String {
-        try ApplyLab.writePlan(
-            name: name,
-            containers: """
-                  \(name):
-                    runtime: runc
-                    bundle: /var/lib/migplan/bundles/\(name)
-                    stateful: true
-                """,
-            migration: """
-                  - name: \(name)
-                    containers: [\(name)]
-                    from: instance3
-                    to: instance4
-                    flow: stateful
-                    transfer:
-                      compression: \(compression)
-                      archive: single
-                      path: \(path)
-                    retry:
-                      attempts: 2
-                      initialBackoff: 1s
-                      maxBackoff: 2s
-                    onFailure: rollback
-                """,
+        try ApplyLab.writeRuncPlan(
+            name, from: source, to: destination,
+            settings: ApplyLab.statefulSettings(compression: compression, path: path),
             hosts: "  instance3: {address: 10.77.0.13, key: controller}\n  instance4: {address: 10.77.0.14, key: controller, transferKeysFile: \(keysFile)}",
             directory: "dt-plan")
     }

@@ -24,27 +24,9 @@ struct PageServerLabTests {
 
     /// A page-server plan moving `name` from instance7 to instance8 (absolute lab paths).
     static func plan(_ name: String) throws -> String {
-        try ApplyLab.writePlan(
-            name: name,
-            containers: """
-                  \(name):
-                    runtime: runc
-                    bundle: /var/lib/migplan/bundles/\(name)
-                    stateful: true
-                """,
-            migration: """
-                  - name: \(name)
-                    containers: [\(name)]
-                    from: instance7
-                    to: instance8
-                    transfer:
-                      method: page-server
-                      path: relay
-                    retry:
-                      attempts: 1
-                    onFailure: rollback
-                """,
-            hosts: "  instance7: {address: 10.77.0.17, key: controller}\n  instance8: {address: 10.77.0.18, key: controller}",
+        try ApplyLab.writeRuncPlan(
+            name, from: source, to: destination,
+            settings: "transfer:\n  method: page-server\n  path: relay\nretry:\n  attempts: 1\nonFailure: rollback",
             directory: "ps-plan")
     }
 
